@@ -1,0 +1,252 @@
+"""Linear self-attention (LSA), science.md §0.
+
+Convention: iclab stores one token per *row*. With the papers' column layout
+``Z ← Z + (1/n) P Z M (Zᵀ Q Z)``, the row layout reads ``Z ← Z + (1/n) Z Qᵀ (Z_cᵀ Z_c) Pᵀ``,
+where ``Z_c`` are the n context rows (the query is never a key or value). Writing
+``C = Z_cᵀ Z_c`` (a (d+1)×(d+1) Gram matrix per prompt) and ``K = Qᵀ C Pᵀ / n``, *every* token row
+moves by the same linear map: ``z ← z (I + K)``. Hence the context Gram matrix evolves in closed
+form, ``C ← (I + K)ᵀ C (I + K)``, and an L-layer forward costs O(n·d²) once (to form C) plus
+O(L·d³) per prompt — the prompt itself is never touched again. :meth:`forward_tokens` materializes
+every token (associative O(n·d²) per layer) for inspection; tests check all forms agree.
+
+Readout: ``readout="negative"`` (Ahn et al.) predicts ``ŷ = −Z_L[query, label]``;
+``"positive"`` (Ding et al.) predicts ``ŷ = +Z_L[query, label]``. Write ``s = −1`` / ``+1``.
+
+Effective matrices (what analysis looks at), per layer ℓ and head h:
+``A_ℓ = s · P[d,d] · Q[:d,:d]ᵀ`` is the preconditioner of the equivalent GD step — for one layer in
+the sparse form, ``ŷ = x_qᵀ A (1/n) Xᵀ y`` — and ``B_ℓ = P[:d,:d] / P[d,d]`` transforms covariates,
+``x ← (I + s · B S Aᵀ) x``. Ahn et al.'s ``Q = −[[A, 0], [0, 0]]`` has their ``A`` equal to our
+``Aᵀ`` (identical for the symmetric matrices of their theorems).
+
+Parametrizations:
+- ``full``: ``P``, ``Q`` unconstrained.
+- ``pgd``: ``P = [[B, 0], [0, 1]]``, ``Q = [[s·Aᵀ, 0], [0, 0]]`` with trainable ``A``, ``B``.
+- ``sparse_pgd``: as ``pgd`` with ``B = 0``: L layers are exactly L preconditioned GD steps.
+
+All parameters carry leading dims ``(E, L, H, …)``: ensemble member, layer, head. Heads add.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from iclab.seeding import make_generator
+
+Parametrization = Literal["full", "pgd", "sparse_pgd"]
+Readout = Literal["negative", "positive"]
+
+
+class LSAConfig(BaseModel):
+    """Linear self-attention model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["lsa"] = "lsa"
+    layers: int = Field(3, ge=1, description="number of attention layers L")
+    heads: int = Field(1, ge=1, description="heads per layer (their updates add)")
+    parametrization: Parametrization = Field("pgd", description="'full', 'pgd' or 'sparse_pgd'")
+    readout: Readout = Field("negative", description="'negative' (Ahn) or 'positive' (Ding)")
+    init_std: float = Field(1e-4, ge=0.0, description="std of the N(0, init_std²) initialization")
+
+
+@dataclass
+class GramState:
+    """Per-prompt state of the Gram propagation, batch axis last (structure of arrays).
+
+    ``gram``: (E, D, D, B) context Gram matrix Σ_i z_i z_iᵀ; ``query``: (E, D, B) query token.
+    """
+
+    gram: torch.Tensor
+    query: torch.Tensor
+    n: int
+
+
+def _tiny_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(…, i, k, B) @ (…, k, j, B) -> (…, i, j, B), the batch axis B last and broadcastable.
+
+    Eager mode uses einsum (batched GEMM); under ``torch.compile`` a broadcast-and-sum form lets
+    Inductor fuse the whole network into one vectorized loop over the batch axis.
+    """
+    if torch.compiler.is_compiling():
+        return (a.unsqueeze(-2) * b.unsqueeze(-4)).sum(-3)
+    return torch.einsum("...ikb,...kjb->...ijb", a, b)
+
+
+class LinearSelfAttention(nn.Module):
+    """An ensemble of ``E`` L-layer LSA models; see the module docstring for conventions."""
+
+    def __init__(
+        self,
+        d: int,
+        config: LSAConfig,
+        seeds: Sequence[int] = (0,),
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        if d < 1:
+            raise ValueError(f"d: must be >= 1, got {d}")
+        if len(seeds) < 1:
+            raise ValueError("seeds: at least one seed is required")
+        self.d = d
+        self.config = config
+        self.seeds = list(seeds)
+        self.sign = -1.0 if config.readout == "negative" else 1.0
+        E, L, H, D = len(seeds), config.layers, config.heads, d + 1
+        kw = dict(device=device, dtype=dtype)
+        if config.parametrization == "full":
+            self.P = nn.Parameter(torch.zeros(E, L, H, D, D, **kw))
+            self.Q = nn.Parameter(torch.zeros(E, L, H, D, D, **kw))
+        else:
+            self.A = nn.Parameter(torch.zeros(E, L, H, d, d, **kw))
+            if config.parametrization == "pgd":
+                self.B = nn.Parameter(torch.zeros(E, L, H, d, d, **kw))
+        self.reset_parameters()
+
+    # ----------------------------------------------------------------------------- parameters
+    @property
+    def ensemble_size(self) -> int:
+        return len(self.seeds)
+
+    def reset_parameters(self) -> None:
+        """Member e's parameters are N(0, init_std²) draws from the stream (seeds[e], 'init')."""
+        with torch.no_grad():
+            for e, seed in enumerate(self.seeds):
+                gen = make_generator(self.device, seed, "init")
+                for _, p in sorted(self.named_parameters()):
+                    p[e].copy_(
+                        torch.randn(p.shape[1:], generator=gen, device=p.device, dtype=p.dtype)
+                        * self.config.init_std
+                    )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The value and key-query matrices ``(P, Q)``, each (E, L, H, d+1, d+1)."""
+        if self.config.parametrization == "full":
+            return self.P, self.Q
+        d = self.d
+        A = self.A
+        B = self.B if self.config.parametrization == "pgd" else torch.zeros_like(A)
+        P = torch.zeros(*A.shape[:-2], d + 1, d + 1, device=A.device, dtype=A.dtype)
+        P = P.clone()
+        P[..., :d, :d] = B
+        P[..., d, d] = 1.0
+        Q = torch.zeros_like(P)
+        Q[..., :d, :d] = self.sign * A.transpose(-1, -2)
+        return P, Q
+
+    def preconditioners(self) -> torch.Tensor:
+        """Effective ``A_ℓ`` per member, layer, head: (E, L, H, d, d)."""
+        if self.config.parametrization != "full":
+            return self.A
+        d = self.d
+        return self.sign * self.P[..., d, d, None, None] * self.Q[..., :d, :d].transpose(-1, -2)
+
+    def covariate_transforms(self) -> torch.Tensor:
+        """Effective ``B_ℓ`` per member, layer, head: (E, L, H, d, d)."""
+        if self.config.parametrization == "pgd":
+            return self.B
+        if self.config.parametrization == "sparse_pgd":
+            return torch.zeros_like(self.A)
+        d = self.d
+        return self.P[..., :d, :d] / self.P[..., d, d, None, None]
+
+    @torch.no_grad()
+    def set_matrices(self, P: torch.Tensor, Q: torch.Tensor) -> None:
+        """Load explicit (E, L, H, d+1, d+1) matrices into a ``full`` model."""
+        if self.config.parametrization != "full":
+            raise ValueError("set_matrices: needs parametrization 'full'; use set_pgd for pgd forms")
+        self.P.copy_(P.expand_as(self.P))
+        self.Q.copy_(Q.expand_as(self.Q))
+
+    @torch.no_grad()
+    def set_pgd(self, A: torch.Tensor, B: torch.Tensor | None = None) -> None:
+        """Load preconditioners ``A`` (and for ``pgd`` covariate maps ``B``), each (E, L, H, d, d)."""
+        if self.config.parametrization == "full":
+            P = torch.zeros_like(self.P)
+            Q = torch.zeros_like(self.Q)
+            d = self.d
+            P[..., d, d] = 1.0
+            if B is not None:
+                P[..., :d, :d] = B
+            Q[..., :d, :d] = self.sign * A.transpose(-1, -2)
+            self.set_matrices(P, Q)
+            return
+        self.A.copy_(A.expand_as(self.A))
+        if B is not None:
+            if self.config.parametrization == "sparse_pgd":
+                raise ValueError("set_pgd: 'sparse_pgd' has B = 0; pass B=None")
+            self.B.copy_(B.expand_as(self.B))
+
+    # ----------------------------------------------------------------------------- forward
+    @staticmethod
+    def gram_state(x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> GramState:
+        """Precompute the data-only state: x (E, B, n, d), y (E, B, n), x_query (E, B, d)."""
+        z = torch.cat([x, y.unsqueeze(-1)], dim=-1)  # (E, B, n, D)
+        gram = torch.einsum("ebni,ebnj->eijb", z, z).contiguous()
+        q = torch.cat([x_query, torch.zeros_like(x_query[..., :1])], dim=-1)
+        return GramState(gram=gram, query=q.permute(0, 2, 1).contiguous(), n=x.shape[-2])
+
+    def predict_from_state(self, state: GramState) -> torch.Tensor:
+        """Predictions (E, B) from a :class:`GramState` by Gram propagation."""
+        P, Q = self.matrices()
+        return _propagate(P, Q, state.gram, state.query, state.n, self.sign)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
+        """Predictions (E, B) for prompts x (E, B, n, d), y (E, B, n), x_query (E, B, d)."""
+        return self.predict_from_state(self.gram_state(x, y, x_query))
+
+    def forward_tokens(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Residual stream of every layer: ``[Z_0, …, Z_L]``, each (E, B, n+1, d+1), rows = tokens.
+
+        The last row is the query; the prediction is ``sign · Z_L[..., -1, d]``.
+        """
+        P, Q = self.matrices()
+        n = tokens.shape[-2] - 1
+        Z = tokens
+        out = [Z]
+        for layer in range(self.config.layers):
+            ctx = Z[..., :n, :]
+            gram = ctx.transpose(-1, -2) @ ctx  # (E, B, D, D)
+            Pt = P[:, layer].transpose(-1, -2).unsqueeze(1)  # (E, 1, H, D, D)
+            Qt = Q[:, layer].transpose(-1, -2).unsqueeze(1)
+            K = (Qt @ gram.unsqueeze(2) @ Pt).sum(2) / n  # (E, B, D, D)
+            Z = Z + Z @ K
+            out.append(Z)
+        return out
+
+    def predict_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Predictions (E, B) via :meth:`forward_tokens` (slower; for inspection and tests)."""
+        return self.sign * self.forward_tokens(tokens)[-1][..., -1, self.d]
+
+
+def _propagate(
+    P: torch.Tensor, Q: torch.Tensor, gram: torch.Tensor, query: torch.Tensor, n: int, sign: float
+) -> torch.Tensor:
+    """Gram propagation. P, Q: (E, L, H, D, D); gram (E, D, D, B); query (E, D, B)."""
+    L = P.shape[1]
+    D = P.shape[-1]
+    C, zq = gram, query
+    for layer in range(L):
+        Pt = P[:, layer].transpose(-1, -2).unsqueeze(-1)  # (E, H, D, D, 1)
+        Qt = Q[:, layer].transpose(-1, -2).unsqueeze(-1)
+        if layer == L - 1:
+            # only the label column of K is needed: K[:, d] = Σ_h Q_hᵀ C P_h[d, :]ᵀ / n
+            p = P[:, layer, :, D - 1, :].unsqueeze(-1)  # (E, H, D, 1)
+            Cp = (C.unsqueeze(1) * p.unsqueeze(-3)).sum(-2)  # (E, H, D, B)
+            k = (Qt * Cp.unsqueeze(-3)).sum(-2).sum(1) / n  # (E, D, B)
+            return sign * (zq[:, D - 1] + (zq * k).sum(1))
+        K = _tiny_matmul(_tiny_matmul(Qt, C.unsqueeze(1)), Pt).sum(1) / n  # (E, D, D, B)
+        zq = zq + (zq.unsqueeze(2) * K).sum(1)
+        CK = _tiny_matmul(C, K)
+        C = C + CK + CK.transpose(1, 2) + _tiny_matmul(K.transpose(1, 2), CK)
+    raise AssertionError("unreachable")  # pragma: no cover
