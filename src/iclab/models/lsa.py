@@ -196,6 +196,14 @@ class LinearSelfAttention(nn.Module):
         q = torch.cat([x_query, torch.zeros_like(x_query[..., :1])], dim=-1)
         return GramState(gram=gram, query=q.permute(0, 2, 1).contiguous(), n=x.shape[-2])
 
+    def prepare(self, batch: object) -> GramState:
+        """Trainer hook: the data-only state of a task batch (with .x, .y, .x_query)."""
+        return self.gram_state(batch.x, batch.y, batch.x_query)  # type: ignore[attr-defined]
+
+    def predict_prepared(self, state: GramState) -> torch.Tensor:
+        """Trainer hook: predictions (E, B) from :meth:`prepare`'s state."""
+        return self.predict_from_state(state)
+
     def predict_from_state(self, state: GramState) -> torch.Tensor:
         """Predictions (E, B) from a :class:`GramState` by Gram propagation."""
         P, Q = self.matrices()

@@ -1,0 +1,159 @@
+"""Typed, validated run configuration and YAML presets.
+
+A :class:`RunConfig` is everything a run needs: task, model, training recipe, seeds, device.
+Invalid values fail at construction, before any work starts, with the field path and the allowed
+values (pydantic's messages, reformatted by :func:`format_validation_error`).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from iclab.models import LSAConfig
+from iclab.tasks import LinearRegressionConfig
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names each offending field."""
+
+
+class ClipConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["none", "global", "per_matrix"] = Field(
+        "none",
+        description="gradient clipping per ensemble member: 'none', 'global' (all parameters "
+        "together) or 'per_matrix' (each layer/head matrix separately)",
+    )
+    max_norm: float = Field(1.0, gt=0.0, description="clipping threshold")
+
+
+class ScheduleConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["constant", "step", "cosine"] = Field("constant", description="learning-rate schedule")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
+    step_every: int = Field(4000, ge=1, description="'step': multiply the lr by gamma every k steps")
+    gamma: float = Field(0.5, gt=0.0, le=1.0, description="'step': decay factor")
+    min_factor: float = Field(0.0, ge=0.0, le=1.0, description="'cosine': final lr / initial lr")
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="optimizer")
+    lr: float = Field(1e-3, gt=0.0, description="initial learning rate")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW betas")
+    eps: float = Field(1e-8, gt=0.0, description="Adam/AdamW epsilon")
+    weight_decay: float = Field(0.0, ge=0.0, description="weight decay (AdamW: decoupled)")
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD momentum")
+    steps: int = Field(1000, ge=1, description="optimizer steps")
+    batch_size: int = Field(1000, ge=1, description="training prompts per step and seed")
+    resample_every: int = Field(1, ge=1, description="draw a fresh training batch every k steps")
+    clip: ClipConfig = ClipConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    test_size: int = Field(5000, ge=1, description="prompts in the fixed test set (per seed)")
+    eval_every: int = Field(100, ge=1, description="evaluate on the test set every k steps")
+    checkpoint_every: int = Field(1000, ge=1, description="write a checkpoint every k steps")
+    compile: bool = Field(False, description="torch.compile the forward (fast for long runs)")
+    tensorboard: bool = Field(False, description="also write TensorBoard scalars (optional)")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        for i, b in enumerate(self.betas):
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"betas[{i}] must be in [0, 1), got {b}")
+        return self
+
+
+class RunConfig(BaseModel):
+    """One training run of an ensemble of seeds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field("run", description="a label for the run")
+    seed: int = Field(0, ge=0, description="base seed; member e uses seed + e")
+    n_seeds: int = Field(1, ge=1, description="ensemble size: seeds trained in one tensor program")
+    device: str = Field("auto", description="'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:1' …")
+    dtype: Literal["float32", "float64"] = Field("float32", description="working precision")
+    task: LinearRegressionConfig = LinearRegressionConfig()
+    model: LSAConfig = LSAConfig()
+    train: TrainConfig = TrainConfig()
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + e for e in range(self.n_seeds)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<config>"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg} (got {e.get('input')!r})" if "input" in e else f"{loc}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def make_config(data: dict[str, Any]) -> RunConfig:
+    """Validate a nested dict into a :class:`RunConfig`, raising :class:`ConfigError`."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def preset_names() -> list[str]:
+    root = importlib.resources.files("iclab") / "presets"
+    return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_preset_dict(name: str) -> dict[str, Any]:
+    path = importlib.resources.files("iclab") / "presets" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"preset: unknown preset {name!r}; available: {', '.join(preset_names())}")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict (copied)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override: expected KEY=VALUE (e.g. train.lr=0.01), got {item!r}")
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override: {key!r} goes through a non-mapping field")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def load_config(source: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """A config from a preset name or a YAML file, with optional ``KEY=VALUE`` overrides."""
+    path = Path(source)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config: file {str(path)!r} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+    else:
+        data = load_preset_dict(str(source))
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {source!s} must hold a mapping at the top level")
+    return make_config(apply_overrides(data, overrides or []))
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

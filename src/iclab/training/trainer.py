@@ -1,0 +1,252 @@
+"""The trainer. A run folder holds::
+
+    config.yaml              resolved configuration (what produced everything else)
+    run.json                 status (running | completed | diverged), versions, timings
+    metrics.jsonl            one JSON record per evaluation: step, lr, per-seed train/test loss
+    checkpoint.safetensors   parameters + optimizer state at the last checkpoint (for resume)
+    model.safetensors        final parameters
+
+Determinism: training batch k is drawn from the stream (seed, "train", k) and the test set from
+(seed, "test", 0), so the same config and seed give the same numbers, and a run killed at any
+point resumes from its last checkpoint to exactly the metrics of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+import iclab
+from iclab.config import ConfigError, RunConfig, dump_config, load_config
+from iclab.device import resolve_device, resolve_dtype
+from iclab.models import LinearSelfAttention
+from iclab.tasks import LinearRegressionTask
+from iclab.training import checkpoint as io
+from iclab.training.optim import build_optimizer, clip_gradients, lr_factor
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised when a loss becomes NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    config: RunConfig
+    model: LinearSelfAttention
+    task: LinearRegressionTask
+    metrics: list[dict[str, Any]]
+    run_dir: Path | None
+    wall_s: float
+    steps_run: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def final_test_loss(self) -> torch.Tensor:
+        """Per-seed test loss at the last evaluation, (E,)."""
+        return torch.tensor(self.metrics[-1]["test_loss"], dtype=torch.float64)
+
+
+def build_task(config: RunConfig, device: torch.device, dtype: torch.dtype) -> LinearRegressionTask:
+    return LinearRegressionTask(config.task, config.seeds, device=device, dtype=dtype)
+
+
+def build_model(config: RunConfig, device: torch.device, dtype: torch.dtype) -> LinearSelfAttention:
+    return LinearSelfAttention(config.task.d, config.model, config.seeds, device=device, dtype=dtype)
+
+
+def mse_per_member(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per ensemble member, (E,)."""
+    return (pred - target).pow(2).mean(dim=-1)
+
+
+def _prepare_run_dir(config: RunConfig, run_dir: Path, overwrite: bool) -> None:
+    cfg_path = run_dir / io.CONFIG
+    if cfg_path.exists() and not overwrite:
+        existing = load_config(cfg_path)
+        if existing != config:
+            raise ConfigError(
+                f"out: {run_dir} holds a run with a different configuration; "
+                "choose another --out or pass --overwrite"
+            )
+    if overwrite:
+        for name in (io.CHECKPOINT, io.MODEL, io.METRICS, io.RUN_INFO):
+            (run_dir / name).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    io.atomic_write_text(cfg_path, dump_config(config))
+
+
+def train(
+    config: RunConfig,
+    out: str | Path | None = None,
+    *,
+    resume: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train ``config.n_seeds`` models in one tensor program; see the module docstring."""
+    tcfg = config.train
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype)
+    writer = None
+    if tcfg.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError(
+                "train.tensorboard: needs the 'tensorboard' package (pip install 'iclab[tensorboard]')"
+            ) from None
+        if out is None:
+            raise ConfigError("train.tensorboard: needs a run folder (--out)")
+    run_dir = Path(out) if out is not None else None
+    if run_dir is not None:
+        _prepare_run_dir(config, run_dir, overwrite)
+
+    task = build_task(config, device, dtype)
+    model = build_model(config, device, dtype)
+    opt = build_optimizer(model.parameters(), tcfg)
+    metrics: list[dict[str, Any]] = []
+    start = 0
+    if run_dir is not None and resume and (run_dir / io.CHECKPOINT).exists():
+        tensors, meta = io.load_tensors(run_dir / io.CHECKPOINT)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        io.restore_optimizer(opt, tensors, meta["optimizer"])
+        start = int(meta["step"])
+        metrics = [m for m in io.read_metrics(run_dir / io.METRICS) if m["step"] <= start]
+    if run_dir is not None and writer is None and tcfg.tensorboard:
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    predict = model.predict_prepared
+    if tcfg.compile:
+        predict = torch.compile(model.predict_prepared, dynamic=False)
+
+    test_batch = task.sample(tcfg.test_size, "test", 0)
+    with torch.no_grad():
+        test_state = model.prepare(test_batch)
+
+    def evaluate() -> torch.Tensor:
+        with torch.no_grad():
+            return mse_per_member(predict(test_state), test_batch.y_query)
+
+    info: dict[str, Any] = {
+        "status": "running",
+        "iclab": iclab.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "dtype": config.dtype,
+        "resumed_from_step": start,
+    }
+    if run_dir is not None:
+        io.atomic_write_json(run_dir / io.RUN_INFO, info)
+
+    def save_checkpoint(step: int) -> None:
+        if run_dir is None:
+            return
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        ot, ometa = io.optimizer_tensors(opt)
+        tensors.update(ot)
+        io.save_tensors(run_dir / io.CHECKPOINT, tensors, {"step": step, "optimizer": ometa})
+        io.write_metrics(run_dir / io.METRICS, metrics)
+
+    def diverged(step: int, what: str, values: torch.Tensor) -> TrainingDiverged:
+        bad = [config.seeds[e] for e in range(len(values)) if not torch.isfinite(values[e])]
+        last = metrics[-1]["step"] if metrics else 0
+        where = f" kept at {run_dir / io.CHECKPOINT}" if run_dir is not None else " (no run folder)"
+        msg = (
+            f"training diverged at step {step}: {what} is not finite for seed(s) {bad}. "
+            f"The last good checkpoint (step {last if run_dir else 'n/a'}) is{where}. "
+            "Try a smaller train.lr, a schedule with warm-up, or train.clip.mode=global."
+        )
+        if run_dir is not None:
+            io.atomic_write_json(run_dir / io.RUN_INFO, {**info, "status": "diverged", "message": msg})
+        return TrainingDiverged(msg)
+
+    t0 = time.perf_counter()
+    state = None
+    bar = tqdm(
+        total=tcfg.steps, initial=start, disable=not progress, desc=config.name, dynamic_ncols=True
+    )
+    loss = torch.zeros(config.n_seeds)
+    for step in range(start, tcfg.steps):
+        if state is None or step % tcfg.resample_every == 0:
+            batch = task.sample(tcfg.batch_size, "train", step // tcfg.resample_every)
+            with torch.no_grad():
+                state = model.prepare(batch)
+        lr = tcfg.lr * lr_factor(step, tcfg.steps, tcfg.schedule)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss = mse_per_member(predict(state), batch.y_query)
+        if not torch.isfinite(loss).all():
+            bar.close()
+            raise diverged(step + 1, "the training loss", loss.detach())
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        clip_gradients(model.parameters(), tcfg.clip)
+        opt.step()
+        done = step + 1
+        bar.update(1)
+        if done % tcfg.eval_every == 0 or done == tcfg.steps:
+            test = evaluate()
+            if not torch.isfinite(test).all():
+                bar.close()
+                raise diverged(done, "the test loss", test)
+            rec = {
+                "step": done,
+                "lr": lr,
+                "train_loss": loss.detach().cpu().tolist(),
+                "test_loss": test.cpu().tolist(),
+            }
+            metrics.append(rec)
+            bar.set_postfix(test=f"{test.mean().item():.3g}")
+            if writer is not None:
+                writer.add_scalar("loss/test_mean", test.mean().item(), done)
+                writer.add_scalar("loss/train_mean", loss.detach().mean().item(), done)
+        if done % tcfg.checkpoint_every == 0 or done == tcfg.steps:
+            save_checkpoint(done)
+        if on_step is not None:
+            on_step(done)
+    bar.close()
+    wall = time.perf_counter() - t0
+    steps_run = tcfg.steps - start
+    if start == tcfg.steps and not metrics:
+        metrics.append({"step": start, "lr": 0.0, "train_loss": [], "test_loss": evaluate().tolist()})
+    info.update(
+        status="completed",
+        wall_s=wall,
+        steps_run=steps_run,
+        steps_per_s=steps_run / wall if wall > 0 else None,
+    )
+    if run_dir is not None:
+        io.save_tensors(run_dir / io.MODEL, dict(model.state_dict()), {"step": tcfg.steps})
+        io.write_metrics(run_dir / io.METRICS, metrics)
+        io.atomic_write_json(run_dir / io.RUN_INFO, info)
+    if writer is not None:
+        writer.close()
+    return TrainResult(config, model, task, metrics, run_dir, wall, steps_run, info)
+
+
+def load_run(run_dir: str | Path, device: str | None = None) -> TrainResult:
+    """Load a finished (or interrupted) run folder: config, final/last parameters, metrics."""
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / io.CONFIG)
+    dev = resolve_device(device or config.device)
+    dtype = resolve_dtype(config.dtype)
+    model = build_model(config, dev, dtype)
+    path = run_dir / io.MODEL if (run_dir / io.MODEL).exists() else run_dir / io.CHECKPOINT
+    tensors, _ = io.load_tensors(path)
+    sd = {k.removeprefix("model."): v for k, v in tensors.items() if not k.startswith("optim.")}
+    model.load_state_dict(sd)
+    import json
+
+    info = json.loads((run_dir / io.RUN_INFO).read_text()) if (run_dir / io.RUN_INFO).exists() else {}
+    return TrainResult(
+        config, model, build_task(config, dev, dtype), io.read_metrics(run_dir / io.METRICS),
+        run_dir, float(info.get("wall_s", 0.0)), int(info.get("steps_run", 0)), info,
+    )  # fmt: skip
