@@ -3,10 +3,10 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from naive import lsa_naive
 
 from iclab.models import LinearSelfAttention, LSAConfig
 from iclab.tasks import LinearRegressionConfig, LinearRegressionTask
-from naive import lsa_naive
 
 
 def _batch(d=4, n=6, seeds=(0, 1), size=5, covariance="rotated"):
@@ -39,7 +39,9 @@ def test_gram_tokens_and_naive_forward_agree(parametrization, heads, layers, rea
 
 
 def test_pgd_matrices_have_the_paper_structure():
-    model = LinearSelfAttention(3, LSAConfig(parametrization="pgd", init_std=1.0), dtype=torch.float64)
+    model = LinearSelfAttention(
+        3, LSAConfig(parametrization="pgd", init_std=1.0), dtype=torch.float64
+    )
     P, Q = model.matrices()
     assert torch.all(P[..., 3, :3] == 0) and torch.all(P[..., :3, 3] == 0)
     assert torch.all(P[..., 3, 3] == 1)
@@ -54,7 +56,9 @@ def test_effective_matrices_of_full_model_match_pgd_model():
     """A full model loaded with pgd matrices exposes the same effective A and B."""
     cfg = LSAConfig(parametrization="pgd", init_std=0.5, layers=2)
     pgd = LinearSelfAttention(3, cfg, seeds=[0, 1], dtype=torch.float64)
-    full = LinearSelfAttention(3, cfg.model_copy(update={"parametrization": "full"}), seeds=[0, 1], dtype=torch.float64)
+    full = LinearSelfAttention(
+        3, cfg.model_copy(update={"parametrization": "full"}), seeds=[0, 1], dtype=torch.float64
+    )
     full.set_matrices(*pgd.matrices())
     torch.testing.assert_close(full.preconditioners(), pgd.preconditioners())
     torch.testing.assert_close(full.covariate_transforms(), pgd.covariate_transforms())
@@ -64,7 +68,12 @@ def test_effective_matrices_of_full_model_match_pgd_model():
 
 def test_one_layer_sparse_is_one_preconditioned_step():
     b = _batch()
-    model = LinearSelfAttention(4, LSAConfig(layers=1, parametrization="sparse_pgd", init_std=1.0), seeds=[0, 1], dtype=torch.float64)
+    model = LinearSelfAttention(
+        4,
+        LSAConfig(layers=1, parametrization="sparse_pgd", init_std=1.0),
+        seeds=[0, 1],
+        dtype=torch.float64,
+    )
     A = model.A[:, 0, 0]  # (E, d, d)
     h = torch.einsum("ebnd,ebn->ebd", b.x, b.y) / b.n
     expected = torch.einsum("ebd,edk,ebk->eb", b.x_query, A, h)
@@ -89,17 +98,29 @@ def test_data_with_one_member_broadcasts_over_model_ensemble():
 
 def test_gradients_flow_to_all_parameters():
     b = _batch(d=4)
-    model = LinearSelfAttention(4, LSAConfig(parametrization="full", layers=2, init_std=0.3), seeds=[0, 1], dtype=torch.float64)
+    model = LinearSelfAttention(
+        4,
+        LSAConfig(parametrization="full", layers=2, init_std=0.3),
+        seeds=[0, 1],
+        dtype=torch.float64,
+    )
     model(b.x, b.y, b.x_query).pow(2).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
 def test_compiled_forward_matches_eager():
     b = _batch(d=3, n=5, size=8)
-    model = LinearSelfAttention(3, LSAConfig(parametrization="full", layers=3, init_std=0.3), seeds=[0, 1], dtype=torch.float64)
+    model = LinearSelfAttention(
+        3,
+        LSAConfig(parametrization="full", layers=3, init_std=0.3),
+        seeds=[0, 1],
+        dtype=torch.float64,
+    )
     state = model.gram_state(b.x, b.y, b.x_query)
     compiled = torch.compile(model.predict_prepared, dynamic=False)
-    torch.testing.assert_close(compiled(state), model.predict_prepared(state), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(
+        compiled(state), model.predict_prepared(state), atol=1e-12, rtol=1e-12
+    )
 
 
 def test_rejects_bad_arguments():
@@ -110,4 +131,6 @@ def test_rejects_bad_arguments():
     with pytest.raises(ValueError, match="layers"):
         LSAConfig(layers=0)
     with pytest.raises(ValueError, match="sparse_pgd"):
-        LinearSelfAttention(2, LSAConfig(parametrization="sparse_pgd")).set_pgd(torch.zeros(1, 3, 1, 2, 2), torch.zeros(1, 3, 1, 2, 2))
+        LinearSelfAttention(2, LSAConfig(parametrization="sparse_pgd")).set_pgd(
+            torch.zeros(1, 3, 1, 2, 2), torch.zeros(1, 3, 1, 2, 2)
+        )

@@ -32,7 +32,9 @@ def test_rotated_covariance_spectrum_and_per_seed_rotation():
     s0 = rotated_covariance(5, spectrum, seed=0)
     s1 = rotated_covariance(5, spectrum, seed=1)
     eig = torch.linalg.eigvalsh(s0)
-    torch.testing.assert_close(eig, torch.tensor(sorted(v**2 for v in spectrum), dtype=torch.float64))
+    torch.testing.assert_close(
+        eig, torch.tensor(sorted(v**2 for v in spectrum), dtype=torch.float64)
+    )
     assert torch.linalg.cond(s0).item() == pytest.approx(16.0)
     assert not torch.allclose(s0, s1)
 
@@ -45,7 +47,9 @@ def test_monte_carlo_moments_match_covariances():
     emp = x.T @ x / x.shape[0]
     torch.testing.assert_close(emp, task.covariance[0], atol=0.03, rtol=0)
     w = batch.w[0]
-    torch.testing.assert_close(w.T @ w / w.shape[0], task.weight_covariance[0], atol=0.15, rtol=0.03)
+    torch.testing.assert_close(
+        w.T @ w / w.shape[0], task.weight_covariance[0], atol=0.15, rtol=0.03
+    )
 
 
 def test_label_noise_variance():

@@ -36,9 +36,13 @@ class ClipConfig(BaseModel):
 class ScheduleConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["constant", "step", "cosine"] = Field("constant", description="learning-rate schedule")
+    kind: Literal["constant", "step", "cosine"] = Field(
+        "constant", description="learning-rate schedule"
+    )
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
-    step_every: int = Field(4000, ge=1, description="'step': multiply the lr by gamma every k steps")
+    step_every: int = Field(
+        4000, ge=1, description="'step': multiply the lr by gamma every k steps"
+    )
     gamma: float = Field(0.5, gt=0.0, le=1.0, description="'step': decay factor")
     min_factor: float = Field(0.0, ge=0.0, le=1.0, description="'cosine': final lr / initial lr")
 
@@ -118,7 +122,9 @@ def preset_names() -> list[str]:
 def load_preset_dict(name: str) -> dict[str, Any]:
     path = importlib.resources.files("iclab") / "presets" / f"{name}.yaml"
     if not path.is_file():
-        raise ConfigError(f"preset: unknown preset {name!r}; available: {', '.join(preset_names())}")
+        raise ConfigError(
+            f"preset: unknown preset {name!r}; available: {', '.join(preset_names())}"
+        )
     return yaml.safe_load(path.read_text()) or {}
 
 

@@ -164,7 +164,9 @@ class LinearSelfAttention(nn.Module):
     def set_matrices(self, P: torch.Tensor, Q: torch.Tensor) -> None:
         """Load explicit (E, L, H, d+1, d+1) matrices into a ``full`` model."""
         if self.config.parametrization != "full":
-            raise ValueError("set_matrices: needs parametrization 'full'; use set_pgd for pgd forms")
+            raise ValueError(
+                "set_matrices: needs parametrization 'full'; use set_pgd for pgd forms"
+            )
         self.P.copy_(P.expand_as(self.P))
         self.Q.copy_(Q.expand_as(self.Q))
 

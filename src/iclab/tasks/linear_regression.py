@@ -36,7 +36,9 @@ def _check_matrix(name: str, value: Matrix, d: int, *, require_pd: bool) -> None
     lam_min = torch.linalg.eigvalsh(t).min().item()
     scale = max(1.0, t.abs().max().item())
     if lam_min < -1e-10 * scale:
-        raise ValueError(f"{name}: must be positive semi-definite (smallest eigenvalue {lam_min:.3g})")
+        raise ValueError(
+            f"{name}: must be positive semi-definite (smallest eigenvalue {lam_min:.3g})"
+        )
     if require_pd and lam_min <= 1e-12 * scale:
         raise ValueError(f"{name}: must be positive definite (smallest eigenvalue {lam_min:.3g})")
 
@@ -139,9 +141,15 @@ class LinearRegressionBatch:
     def to(self, dtype: torch.dtype) -> LinearRegressionBatch:
         f = lambda t: t.to(dtype)  # noqa: E731
         return LinearRegressionBatch(
-            f(self.x), f(self.y), f(self.x_query), f(self.y_query), f(self.w),
-            f(self.covariance), f(self.weight_covariance), self.noise_std,
-        )  # fmt: skip
+            f(self.x),
+            f(self.y),
+            f(self.x_query),
+            f(self.y_query),
+            f(self.w),
+            f(self.covariance),
+            f(self.weight_covariance),
+            self.noise_std,
+        )
 
 
 class LinearRegressionTask:

@@ -57,7 +57,9 @@ def build_task(config: RunConfig, device: torch.device, dtype: torch.dtype) -> L
 
 
 def build_model(config: RunConfig, device: torch.device, dtype: torch.dtype) -> LinearSelfAttention:
-    return LinearSelfAttention(config.task.d, config.model, config.seeds, device=device, dtype=dtype)
+    return LinearSelfAttention(
+        config.task.d, config.model, config.seeds, device=device, dtype=dtype
+    )
 
 
 def mse_per_member(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -165,9 +167,12 @@ def train(
             "Try a smaller train.lr, a schedule with warm-up, or train.clip.mode=global."
         )
         if run_dir is not None:
-            io.atomic_write_json(run_dir / io.RUN_INFO, {**info, "status": "diverged", "message": msg})
+            io.atomic_write_json(
+                run_dir / io.RUN_INFO, {**info, "status": "diverged", "message": msg}
+            )
         return TrainingDiverged(msg)
 
+    prior_wall = float(metrics[-1].get("wall_s", 0.0)) if metrics else 0.0
     t0 = time.perf_counter()
     state = None
     bar = tqdm(
@@ -202,6 +207,7 @@ def train(
                 "lr": lr,
                 "train_loss": loss.detach().cpu().tolist(),
                 "test_loss": test.cpu().tolist(),
+                "wall_s": round(prior_wall + time.perf_counter() - t0, 3),
             }
             metrics.append(rec)
             bar.set_postfix(test=f"{test.mean().item():.3g}")
@@ -216,7 +222,9 @@ def train(
     wall = time.perf_counter() - t0
     steps_run = tcfg.steps - start
     if start == tcfg.steps and not metrics:
-        metrics.append({"step": start, "lr": 0.0, "train_loss": [], "test_loss": evaluate().tolist()})
+        metrics.append(
+            {"step": start, "lr": 0.0, "train_loss": [], "test_loss": evaluate().tolist()}
+        )
     info.update(
         status="completed",
         wall_s=wall,
@@ -245,8 +253,16 @@ def load_run(run_dir: str | Path, device: str | None = None) -> TrainResult:
     model.load_state_dict(sd)
     import json
 
-    info = json.loads((run_dir / io.RUN_INFO).read_text()) if (run_dir / io.RUN_INFO).exists() else {}
+    info = (
+        json.loads((run_dir / io.RUN_INFO).read_text()) if (run_dir / io.RUN_INFO).exists() else {}
+    )
     return TrainResult(
-        config, model, build_task(config, dev, dtype), io.read_metrics(run_dir / io.METRICS),
-        run_dir, float(info.get("wall_s", 0.0)), int(info.get("steps_run", 0)), info,
-    )  # fmt: skip
+        config,
+        model,
+        build_task(config, dev, dtype),
+        io.read_metrics(run_dir / io.METRICS),
+        run_dir,
+        float(info.get("wall_s", 0.0)),
+        int(info.get("steps_run", 0)),
+        info,
+    )

@@ -1,0 +1,97 @@
+"""Matplotlib figures (Agg backend, files only)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Save atomically (temp file + rename) and close the figure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def loss_curves(
+    runs: Mapping[str, Sequence[Mapping]],
+    path: Path,
+    *,
+    theory: Mapping[str, float] | None = None,
+    title: str = "test loss",
+) -> Path:
+    """Mean ± std (over seeds) of the test loss vs step for each run, log scale, theory lines."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (label, metrics) in enumerate(runs.items()):
+        steps = np.array([m["step"] for m in metrics])
+        loss = np.array([m["test_loss"] for m in metrics])  # (T, E)
+        mean, std = loss.mean(1), loss.std(1, ddof=1) if loss.shape[1] > 1 else np.zeros(len(loss))
+        color = f"C{i}"
+        ax.plot(steps, mean, color=color, label=f"{label} (mean of {loss.shape[1]})")
+        ax.fill_between(steps, np.maximum(mean - std, 1e-12), mean + std, color=color, alpha=0.2)
+    for j, (label, value) in enumerate((theory or {}).items()):
+        ax.axhline(value, color=f"C{j + len(runs)}", ls="--", lw=1, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("test loss  E[(ŷ − y)²]")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def matrix_heatmaps(
+    matrices: Sequence[torch.Tensor], titles: Sequence[str], path: Path, *, suptitle: str = ""
+) -> Path:
+    """One heat-map per matrix, shared symmetric color scale per matrix."""
+    k = len(matrices)
+    fig, axes = plt.subplots(1, k, figsize=(2.6 * k, 2.6), squeeze=False)
+    for ax, m, t in zip(axes[0], matrices, titles):
+        a = m.detach().cpu().double().numpy()
+        v = max(abs(a).max(), 1e-12)
+        im = ax.imshow(a, cmap="RdBu_r", vmin=-v, vmax=v)
+        ax.set_title(t, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return save_figure(fig, path)
+
+
+def loss_versus(
+    x: Sequence[float],
+    series: Mapping[str, tuple[Sequence[float], Sequence[float] | None]],
+    path: Path,
+    *,
+    xlabel: str,
+    title: str,
+    logy: bool = True,
+) -> Path:
+    """Loss vs a swept quantity; each series is (mean, std or None)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (label, (mean, std)) in enumerate(series.items()):
+        m = np.asarray(mean, dtype=float)
+        ax.plot(x, m, marker="o", color=f"C{i}", label=label)
+        if std is not None:
+            s = np.asarray(std, dtype=float)
+            ax.fill_between(x, np.maximum(m - s, 1e-12), m + s, color=f"C{i}", alpha=0.2)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test loss")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)

@@ -1,0 +1,125 @@
+import json
+
+import pytest
+import torch
+
+from iclab.config import ConfigError, make_config
+from iclab.training import TrainingDiverged, train
+from iclab.training.checkpoint import load_tensors, read_metrics
+from iclab.training.trainer import load_run
+
+
+def small_config(**train_overrides):
+    train_cfg = {
+        "lr": 0.01,
+        "steps": 40,
+        "batch_size": 64,
+        "resample_every": 3,
+        "eval_every": 5,
+        "checkpoint_every": 10,
+        "test_size": 128,
+        "schedule": {"kind": "cosine", "warmup_steps": 4},
+        "clip": {"mode": "per_matrix", "max_norm": 0.5},
+    }
+    train_cfg.update(train_overrides)
+    return make_config(
+        {
+            "n_seeds": 2,
+            "task": {"d": 3, "n": 6, "covariance": "rotated", "weight_prior": "inverse_covariance"},
+            "model": {"layers": 2, "parametrization": "pgd", "init_std": 0.01},
+            "train": train_cfg,
+        }
+    )
+
+
+def strip(metrics):
+    return [{k: v for k, v in m.items() if k != "wall_s"} for m in metrics]
+
+
+def test_run_folder_contents(tmp_path):
+    res = train(small_config(), tmp_path / "run", progress=False)
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {
+        "config.yaml",
+        "metrics.jsonl",
+        "checkpoint.safetensors",
+        "model.safetensors",
+        "run.json",
+    } <= files
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["status"] == "completed"
+    assert [m["step"] for m in res.metrics] == list(range(5, 41, 5))
+    tensors, meta = load_tensors(tmp_path / "run" / "checkpoint.safetensors")
+    assert meta["step"] == 40 and "model.A" in tensors
+    loaded = load_run(tmp_path / "run")
+    torch.testing.assert_close(loaded.model.A, res.model.A)
+    assert res.metrics[-1]["test_loss"][0] < res.metrics[0]["test_loss"][0]
+
+
+def test_same_config_and_seed_give_identical_metrics(tmp_path):
+    a = train(small_config(), tmp_path / "a", progress=False)
+    b = train(small_config(), tmp_path / "b", progress=False)
+    assert strip(a.metrics) == strip(b.metrics)
+    c = train(small_config().model_copy(update={"seed": 1}), None, progress=False)
+    assert strip(c.metrics) != strip(a.metrics)
+
+
+@pytest.mark.parametrize("kill_at", [7, 10, 23])
+def test_killed_run_resumes_to_identical_metrics(tmp_path, kill_at):
+    full = train(small_config(), tmp_path / "full", progress=False)
+
+    def kill(step):
+        if step == kill_at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(small_config(), tmp_path / "killed", progress=False, on_step=kill)
+    resumed = train(small_config(), tmp_path / "killed", progress=False)
+    assert resumed.info["resumed_from_step"] == (kill_at // 10) * 10
+    assert strip(resumed.metrics) == strip(full.metrics)
+    assert strip(read_metrics(tmp_path / "killed" / "metrics.jsonl")) == strip(full.metrics)
+    torch.testing.assert_close(resumed.model.A, full.model.A, rtol=0, atol=0)
+
+
+def test_divergence_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = small_config(lr=1e6, optimizer="sgd", clip={"mode": "none"}, steps=200)
+    with pytest.raises(
+        TrainingDiverged, match=r"diverged at step .* not finite.*last good checkpoint"
+    ):
+        train(cfg, tmp_path / "run", progress=False)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["status"] == "diverged" and "train.lr" in info["message"]
+    ckpt = tmp_path / "run" / "checkpoint.safetensors"
+    if ckpt.exists():
+        tensors, _ = load_tensors(ckpt)
+        assert all(torch.isfinite(t).all() for t in tensors.values())
+
+
+def test_ensemble_member_trains_exactly_as_a_single_run():
+    """Per-member clipping and elementwise Adam keep seeds independent inside one program."""
+    cfg = small_config()
+    both = train(cfg, None, progress=False)
+    alone = train(cfg.model_copy(update={"seed": 1, "n_seeds": 1}), None, progress=False)
+    torch.testing.assert_close(both.model.A[1], alone.model.A[0], rtol=1e-5, atol=1e-7)
+
+
+def test_refuses_to_mix_configs_in_one_folder(tmp_path):
+    train(small_config(), tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="different configuration"):
+        train(small_config(lr=0.02), tmp_path / "run", progress=False)
+    train(small_config(lr=0.02), tmp_path / "run", progress=False, overwrite=True)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+@pytest.mark.parametrize("clip", ["none", "global", "per_matrix"])
+@pytest.mark.parametrize("schedule", ["constant", "step", "cosine"])
+def test_every_training_option_runs(optimizer, clip, schedule):
+    cfg = small_config(
+        optimizer=optimizer,
+        clip={"mode": clip, "max_norm": 1.0},
+        schedule={"kind": schedule, "step_every": 10},
+        steps=10,
+        momentum=0.5 if optimizer == "sgd" else 0.0,
+    )
+    res = train(cfg, None, progress=False)
+    assert all(torch.isfinite(torch.tensor(m["test_loss"])).all() for m in res.metrics)
