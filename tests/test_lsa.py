@@ -134,3 +134,18 @@ def test_rejects_bad_arguments():
         LinearSelfAttention(2, LSAConfig(parametrization="sparse_pgd")).set_pgd(
             torch.zeros(1, 3, 1, 2, 2), torch.zeros(1, 3, 1, 2, 2)
         )
+
+
+def test_full_one_layer_effective_preconditioner_is_exact():
+    """For one full layer, ŷ − x_qᵀ A (1/n)Xᵀy contains no term linear in y (A = effective A)."""
+    b = _batch(d=3, n=6, size=50)
+    model = LinearSelfAttention(
+        3, LSAConfig(layers=1, parametrization="full", init_std=0.5), seeds=[0, 1], dtype=torch.float64
+    )
+    A = model.preconditioners()[:, 0, 0]
+    h = torch.einsum("ebnd,ebn->ebd", b.x, b.y) / b.n
+    linear = torch.einsum("ebd,edk,ebk->eb", b.x_query, A, h)
+    # the remainder is even in y: flipping the sign of all labels must not change it
+    rest = model(b.x, b.y, b.x_query) - linear
+    rest_flipped = model(b.x, -b.y, b.x_query) + linear
+    torch.testing.assert_close(rest, rest_flipped)

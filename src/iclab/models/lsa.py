@@ -13,9 +13,11 @@ Readout: ``readout="negative"`` (Ahn et al.) predicts ``ŷ = −Z_L[query, label
 ``"positive"`` (Ding et al.) predicts ``ŷ = +Z_L[query, label]``. Write ``s = −1`` / ``+1``.
 
 Effective matrices (what analysis looks at), per layer ℓ and head h:
-``A_ℓ = s · P[d,d] · Q[:d,:d]ᵀ`` is the preconditioner of the equivalent GD step — for one layer in
-the sparse form, ``ŷ = x_qᵀ A (1/n) Xᵀ y`` — and ``B_ℓ = P[:d,:d] / P[d,d]`` transforms covariates,
-``x ← (I + s · B S Aᵀ) x``. Ahn et al.'s ``Q = −[[A, 0], [0, 0]]`` has their ``A`` equal to our
+``A_ℓ = s · (P[d,d] · Q[:d,:d] + P[d,:d] ⊗ Q[d,:d])ᵀ`` is the preconditioner of the equivalent GD
+step: the part of the layer's query-label update that is linear in the context labels, so that
+one layer in the sparse form predicts ``ŷ = x_qᵀ A (1/n) Xᵀ y`` (the outer-product term is zero in
+the pgd forms, and a full layer can realize part of A through it). ``B_ℓ = P[:d,:d] / P[d,d]``
+transforms covariates, ``x ← (I + s · B S Aᵀ) x`` in the pgd forms. Ahn et al.'s ``Q = −[[A, 0], [0, 0]]`` has their ``A`` equal to our
 ``Aᵀ`` (identical for the symmetric matrices of their theorems).
 
 Parametrizations:
@@ -137,7 +139,6 @@ class LinearSelfAttention(nn.Module):
         A = self.A
         B = self.B if self.config.parametrization == "pgd" else torch.zeros_like(A)
         P = torch.zeros(*A.shape[:-2], d + 1, d + 1, device=A.device, dtype=A.dtype)
-        P = P.clone()
         P[..., :d, :d] = B
         P[..., d, d] = 1.0
         Q = torch.zeros_like(P)
@@ -149,7 +150,11 @@ class LinearSelfAttention(nn.Module):
         if self.config.parametrization != "full":
             return self.A
         d = self.d
-        return self.sign * self.P[..., d, d, None, None] * self.Q[..., :d, :d].transpose(-1, -2)
+        P, Q = self.P, self.Q
+        # the part of the query-label update that is linear in the context labels:
+        # y_i x_iᵀ (P[d,d] Q[:d,:d] + P[d,:d] ⊗ Q[d,:d]) x_q
+        m = P[..., d, d, None, None] * Q[..., :d, :d] + P[..., d, :d, None] * Q[..., d, None, :d]
+        return self.sign * m.transpose(-1, -2)
 
     def covariate_transforms(self) -> torch.Tensor:
         """Effective ``B_ℓ`` per member, layer, head: (E, L, H, d, d)."""
@@ -194,7 +199,7 @@ class LinearSelfAttention(nn.Module):
     def gram_state(x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> GramState:
         """Precompute the data-only state: x (E, B, n, d), y (E, B, n), x_query (E, B, d)."""
         z = torch.cat([x, y.unsqueeze(-1)], dim=-1)  # (E, B, n, D)
-        gram = torch.einsum("ebni,ebnj->eijb", z, z).contiguous()
+        gram = (z.transpose(-1, -2) @ z).permute(0, 2, 3, 1).contiguous()
         q = torch.cat([x_query, torch.zeros_like(x_query[..., :1])], dim=-1)
         return GramState(gram=gram, query=q.permute(0, 2, 1).contiguous(), n=x.shape[-2])
 
