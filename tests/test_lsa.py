@@ -140,7 +140,10 @@ def test_full_one_layer_effective_preconditioner_is_exact():
     """For one full layer, ŷ − x_qᵀ A (1/n)Xᵀy contains no term linear in y (A = effective A)."""
     b = _batch(d=3, n=6, size=50)
     model = LinearSelfAttention(
-        3, LSAConfig(layers=1, parametrization="full", init_std=0.5), seeds=[0, 1], dtype=torch.float64
+        3,
+        LSAConfig(layers=1, parametrization="full", init_std=0.5),
+        seeds=[0, 1],
+        dtype=torch.float64,
     )
     A = model.preconditioners()[:, 0, 0]
     h = torch.einsum("ebnd,ebn->ebd", b.x, b.y) / b.n

@@ -50,7 +50,11 @@ class ScheduleConfig(BaseModel):
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="optimizer")
+    optimizer: Literal["adam", "adamw", "sgd", "shampoo"] = Field(
+        "adam",
+        description="optimizer: adam, adamw, sgd, or shampoo (two-sided matrix preconditioning "
+        "with Adam-grafted step sizes; fastest on rotated covariances)",
+    )
     lr: float = Field(1e-3, gt=0.0, description="initial learning rate")
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW betas")
     eps: float = Field(1e-8, gt=0.0, description="Adam/AdamW epsilon")

@@ -13,7 +13,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {name!r} was requested but CUDA is not available; use 'cpu' or 'auto'")
+        raise ValueError(
+            f"device: {name!r} was requested but CUDA is not available; use 'cpu' or 'auto'"
+        )
     return device
 
 

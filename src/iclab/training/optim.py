@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import torch
 
 from iclab.config import ClipConfig, ScheduleConfig, TrainConfig
+from iclab.training.shampoo import Shampoo
 
 
 def build_optimizer(
@@ -21,6 +22,10 @@ def build_optimizer(
     params = list(params)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(
+            params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+        )
+    if cfg.optimizer == "shampoo":
+        return Shampoo(
             params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
         )
     if cfg.optimizer == "adamw":

@@ -1,0 +1,30 @@
+"""``iclab reproduce NAME``: the registry of paper reproductions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from iclab.analysis.report import ReportRow
+
+
+def _ahn2023(out: Path, quick: bool, device: str, progress: bool) -> list[ReportRow]:
+    from iclab.experiments.ahn2023 import reproduce_ahn2023
+
+    return reproduce_ahn2023(out, quick=quick, device=device, progress=progress)
+
+
+EXPERIMENTS: dict[str, tuple[str, Callable[[Path, bool, str, bool], list[ReportRow]]]] = {
+    "ahn2023": (
+        "Ahn, Cheng, Daneshmand & Sra (NeurIPS 2023): transformers learn preconditioned GD",
+        _ahn2023,
+    ),
+}
+
+
+def reproduce(
+    name: str, out: str | Path, *, quick: bool = False, device: str = "auto", progress: bool = True
+) -> list[ReportRow]:
+    if name not in EXPERIMENTS:
+        raise ValueError(f"experiment: unknown name {name!r}; available: {', '.join(EXPERIMENTS)}")
+    return EXPERIMENTS[name][1](Path(out), quick, device, progress)
