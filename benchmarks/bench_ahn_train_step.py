@@ -89,12 +89,12 @@ def time_to_loss(target: float, device) -> None:
     from iclab.config import load_config
     from iclab.training import train
 
-    cfg = load_config("ahn2023_rotated_L3", [f"device={device}"])
+    cfg = load_config("ahn2023_rotated_L3", [f"device={device}", "n_seeds=1"])
     res = train(cfg, None, progress=True)
     hit = [m for m in res.metrics if sum(m["test_loss"]) / len(m["test_loss"]) <= target]
     final = res.metrics[-1]
     print(
-        f"rotated L=3 preset ({cfg.n_seeds} seeds, {cfg.train.steps} steps): "
+        f"rotated L=3 preset ({cfg.train.optimizer}, {cfg.n_seeds} seed, {cfg.train.steps} steps): "
         f"wall {res.wall_s:.1f} s, final mean test loss {sum(final['test_loss']) / len(final['test_loss']):.3g}"
     )
     if hit:

@@ -126,6 +126,9 @@ def train(
 
     predict = model.predict_prepared
     if tcfg.compile:
+        # every model instance (and each train/eval shape) is a new guard on the same code object
+        limit = torch._dynamo.config.recompile_limit
+        torch._dynamo.config.recompile_limit = max(limit, 64)
         predict = torch.compile(model.predict_prepared, dynamic=False)
 
     test_batch = task.sample(tcfg.test_size, "test", 0)
