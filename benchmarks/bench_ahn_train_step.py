@@ -90,7 +90,7 @@ def time_to_loss(target: float, device) -> None:
     from iclab.training import train
 
     cfg = load_config("ahn2023_rotated_L3", [f"device={device}", "n_seeds=1"])
-    res = train(cfg, None, progress=True)
+    res = train(cfg, None, progress=False)
     hit = [m for m in res.metrics if sum(m["test_loss"]) / len(m["test_loss"]) <= target]
     final = res.metrics[-1]
     print(
