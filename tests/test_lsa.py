@@ -152,3 +152,12 @@ def test_full_one_layer_effective_preconditioner_is_exact():
     rest = model(b.x, b.y, b.x_query) - linear
     rest_flipped = model(b.x, -b.y, b.x_query) + linear
     torch.testing.assert_close(rest, rest_flipped)
+
+
+def test_set_pgd_without_b_zeroes_the_covariate_maps():
+    model = LinearSelfAttention(
+        3, LSAConfig(parametrization="pgd", init_std=1.0), dtype=torch.float64
+    )
+    model.set_pgd(torch.eye(3, dtype=torch.float64).expand(1, 3, 1, 3, 3))
+    assert torch.all(model.B == 0)
+    torch.testing.assert_close(model.A, torch.eye(3, dtype=torch.float64).expand_as(model.A))

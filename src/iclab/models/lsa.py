@@ -177,7 +177,7 @@ class LinearSelfAttention(nn.Module):
 
     @torch.no_grad()
     def set_pgd(self, A: torch.Tensor, B: torch.Tensor | None = None) -> None:
-        """Load preconditioners ``A`` (and for ``pgd`` covariate maps ``B``), each (E, L, H, d, d)."""
+        """Load preconditioners ``A`` and covariate maps ``B`` (None: B = 0), each (E, L, H, d, d)."""
         if self.config.parametrization == "full":
             P = torch.zeros_like(self.P)
             Q = torch.zeros_like(self.Q)
@@ -188,11 +188,11 @@ class LinearSelfAttention(nn.Module):
             Q[..., :d, :d] = self.sign * A.transpose(-1, -2)
             self.set_matrices(P, Q)
             return
+        if B is not None and self.config.parametrization == "sparse_pgd":
+            raise ValueError("set_pgd: 'sparse_pgd' has B = 0; pass B=None")
         self.A.copy_(A.expand_as(self.A))
-        if B is not None:
-            if self.config.parametrization == "sparse_pgd":
-                raise ValueError("set_pgd: 'sparse_pgd' has B = 0; pass B=None")
-            self.B.copy_(B.expand_as(self.B))
+        if self.config.parametrization == "pgd":
+            self.B.copy_(B.expand_as(self.B) if B is not None else torch.zeros_like(self.B))
 
     # ----------------------------------------------------------------------------- forward
     @staticmethod
