@@ -13,6 +13,8 @@ Five parts, each a set of runs in ``OUT/runs/`` (resumable) plus figures in ``OU
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +110,28 @@ def _baselines(res: TrainResult, layers: int, test_size: int) -> dict[str, list[
     pred = ols(test.x, test.y, test.x_query)
     out["OLS"] = (pred.prediction - test.y_query).pow(2).mean(-1).tolist()
     return out
+
+
+def _runs_section(out: Path, quick: bool) -> str:
+    """A table of the runs behind the report: steps, wall time, final per-seed test loss."""
+    lines = ["## Runs", ""]
+    if quick:
+        lines += [
+            "Quick budget: shorter runs and smaller batches than the presets. Rows whose",
+            "thresholds need converged training (distance to identity, loss vs theory) can fail",
+            "here and pass with the full budget (`iclab reproduce ahn2023 --out DIR`).",
+            "",
+        ]
+    lines += ["| run | steps | wall (s) | final test loss per seed |", "|---|---|---|---|"]
+    for run in sorted((out / "runs").iterdir()):
+        info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
+        metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
+        last = metrics[-1] if metrics else {"step": 0, "test_loss": []}
+        losses = ", ".join(f"{v:.3g}" for v in last["test_loss"])
+        lines.append(
+            f"| {run.name} | {last['step']} | {info.get('wall_s', float('nan')):.1f} | {losses} |"
+        )
+    return "\n".join(lines)
 
 
 def reproduce_ahn2023(
@@ -219,9 +243,8 @@ def reproduce_ahn2023(
                     "final log test loss, rotated Σ, L=3",
                     float(torch.log(torch.tensor(theory.loss))),
                     logs,
-                    mean_std(logs)[0] <= -6.9 + 0.0 if not quick else mean_std(logs)[0] < -3.0,
-                    "paper ≈ −7 after 100k steps"
-                    + ("; quick: pass < −3" if quick else "; pass ≤ log 1e-3"),
+                    mean_std(logs)[0] <= math.log(1e-3),
+                    "paper ≈ −7 after 100k steps; pass ≤ log 1e-3 = −6.91",
                 )
             )
         mats = [A_w[0, i] for i in range(L)] + [B[0, i] for i in range(L - 1)]
@@ -283,5 +306,6 @@ def reproduce_ahn2023(
         figures.loss_versus(x, series_ms, figs / f"{fig}.png", xlabel=xlabel, title=title)
         sections.append(f"## Loss vs {xlabel}\n\n![](figures/{fig}.png)")
 
+    sections.append(_runs_section(out, budget is QUICK))
     write_report(out, TITLE + (" (quick)" if quick else ""), rows, sections)
     return rows
