@@ -150,3 +150,13 @@ def test_shampoo_undoes_a_two_sided_rotation():
         return loss.item()
 
     assert run(Shampoo) < 0.1 * run(torch.optim.Adam)
+
+
+def test_rerunning_a_completed_run_trains_nothing_and_keeps_its_record(tmp_path):
+    first = train(small_config(), tmp_path / "run", progress=False)
+    info_before = json.loads((tmp_path / "run" / "run.json").read_text())
+    again = train(small_config(), tmp_path / "run", progress=False)
+    assert again.steps_run == 0
+    assert json.loads((tmp_path / "run" / "run.json").read_text()) == info_before
+    assert strip(again.metrics) == strip(first.metrics)
+    torch.testing.assert_close(again.model.A, first.model.A, rtol=0, atol=0)

@@ -13,6 +13,7 @@ point resumes from its last checkpoint to exactly the metrics of an uninterrupte
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from collections.abc import Callable
@@ -121,6 +122,14 @@ def train(
         io.restore_optimizer(opt, tensors, meta["optimizer"])
         start = int(meta["step"])
         metrics = [m for m in io.read_metrics(run_dir / io.METRICS) if m["step"] <= start]
+    if run_dir is not None and start >= tcfg.steps and (run_dir / io.RUN_INFO).exists():
+        # already complete: report it as it was, write nothing
+        done_info = json.loads((run_dir / io.RUN_INFO).read_text())
+        if done_info.get("status") == "completed":
+            return TrainResult(
+                config, model, task, metrics, run_dir, float(done_info.get("wall_s", 0.0)),
+                0, done_info,
+            )  # fmt: skip
     if run_dir is not None and writer is None and tcfg.tensorboard:
         writer = SummaryWriter(str(run_dir / "tensorboard"))
 
@@ -224,13 +233,15 @@ def train(
     bar.close()
     wall = time.perf_counter() - t0
     steps_run = tcfg.steps - start
+    total_wall = prior_wall + wall
     if start == tcfg.steps and not metrics:
         metrics.append(
             {"step": start, "lr": 0.0, "train_loss": [], "test_loss": evaluate().tolist()}
         )
     info.update(
         status="completed",
-        wall_s=wall,
+        wall_s=total_wall,
+        session_wall_s=wall,
         steps_run=steps_run,
         steps_per_s=steps_run / wall if wall > 0 else None,
     )
@@ -240,7 +251,7 @@ def train(
         io.atomic_write_json(run_dir / io.RUN_INFO, info)
     if writer is not None:
         writer.close()
-    return TrainResult(config, model, task, metrics, run_dir, wall, steps_run, info)
+    return TrainResult(config, model, task, metrics, run_dir, total_wall, steps_run, info)
 
 
 def load_run(run_dir: str | Path, device: str | None = None) -> TrainResult:
