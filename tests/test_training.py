@@ -51,6 +51,7 @@ def test_run_folder_contents(tmp_path):
     assert [m["step"] for m in res.metrics] == list(range(5, 41, 5))
     tensors, meta = load_tensors(tmp_path / "run" / "checkpoint.safetensors")
     assert meta["step"] == 40 and "model.A" in tensors
+    assert meta["config"] == small_config().to_dict()  # checkpoints are self-describing
     loaded = load_run(tmp_path / "run")
     torch.testing.assert_close(loaded.model.A, res.model.A)
     assert res.metrics[-1]["test_loss"][0] < res.metrics[0]["test_loss"][0]
@@ -160,3 +161,15 @@ def test_rerunning_a_completed_run_trains_nothing_and_keeps_its_record(tmp_path)
     assert json.loads((tmp_path / "run" / "run.json").read_text()) == info_before
     assert strip(again.metrics) == strip(first.metrics)
     torch.testing.assert_close(again.model.A, first.model.A, rtol=0, atol=0)
+
+
+def test_tensorboard_without_the_package_fails_before_work(tmp_path):
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+
+        pytest.skip("tensorboard is installed")
+    except ImportError:
+        pass
+    with pytest.raises(ConfigError, match=r"train\.tensorboard"):
+        train(small_config(tensorboard=True), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

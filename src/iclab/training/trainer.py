@@ -166,7 +166,8 @@ def train(
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         ot, ometa = io.optimizer_tensors(opt)
         tensors.update(ot)
-        io.save_tensors(run_dir / io.CHECKPOINT, tensors, {"step": step, "optimizer": ometa})
+        meta = {"step": step, "optimizer": ometa, "config": config.to_dict()}
+        io.save_tensors(run_dir / io.CHECKPOINT, tensors, meta)
         io.write_metrics(run_dir / io.METRICS, metrics)
 
     def diverged(step: int, what: str, values: torch.Tensor) -> TrainingDiverged:
@@ -246,7 +247,8 @@ def train(
         steps_per_s=steps_run / wall if wall > 0 else None,
     )
     if run_dir is not None:
-        io.save_tensors(run_dir / io.MODEL, dict(model.state_dict()), {"step": tcfg.steps})
+        meta = {"step": tcfg.steps, "config": config.to_dict()}
+        io.save_tensors(run_dir / io.MODEL, dict(model.state_dict()), meta)
         io.write_metrics(run_dir / io.METRICS, metrics)
         io.atomic_write_json(run_dir / io.RUN_INFO, info)
     if writer is not None:
