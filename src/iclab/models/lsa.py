@@ -244,6 +244,22 @@ class LinearSelfAttention(nn.Module):
         return self.sign * self.forward_tokens(tokens)[-1][..., -1, self.d]
 
 
+def _sandwich(Q: torch.Tensor, C: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+    """``Qᵀ C Pᵀ`` per prompt and head: Q, P (E, H, D, D) shared; C (E, D, D, B) -> (E, H, D, D, B).
+
+    The shared matrices make both products large GEMMs in eager mode (C viewed as (D, D·B));
+    under ``torch.compile`` the broadcast-and-sum form fuses with the rest of the network.
+    """
+    if torch.compiler.is_compiling():
+        Qt = Q.transpose(-1, -2).unsqueeze(-1)
+        Pt = P.transpose(-1, -2).unsqueeze(-1)
+        return _tiny_matmul(_tiny_matmul(Qt, C.unsqueeze(1)), Pt)
+    D, B = C.shape[-2], C.shape[-1]
+    left = Q.transpose(-1, -2) @ C.reshape(C.shape[0], 1, D, D * B)  # (E, H, D, D·B)
+    left = left.reshape(*left.shape[:2], D, D, B)
+    return P.unsqueeze(2) @ left  # out[i, j, b] = Σ_k P[j, k] (Qᵀ C)[i, k, b]
+
+
 def _propagate(
     P: torch.Tensor, Q: torch.Tensor, gram: torch.Tensor, query: torch.Tensor, n: int, sign: float
 ) -> torch.Tensor:
@@ -252,7 +268,6 @@ def _propagate(
     D = P.shape[-1]
     C, zq = gram, query
     for layer in range(L):
-        Pt = P[:, layer].transpose(-1, -2).unsqueeze(-1)  # (E, H, D, D, 1)
         Qt = Q[:, layer].transpose(-1, -2).unsqueeze(-1)
         if layer == L - 1:
             # only the label column of K is needed: K[:, d] = Σ_h Q_hᵀ C P_h[d, :]ᵀ / n
@@ -260,7 +275,7 @@ def _propagate(
             Cp = (C.unsqueeze(1) * p.unsqueeze(-3)).sum(-2)  # (E, H, D, B)
             k = (Qt * Cp.unsqueeze(-3)).sum(-2).sum(1) / n  # (E, D, B)
             return sign * (zq[:, D - 1] + (zq * k).sum(1))
-        K = _tiny_matmul(_tiny_matmul(Qt, C.unsqueeze(1)), Pt).sum(1) / n  # (E, D, D, B)
+        K = _sandwich(Q[:, layer], C, P[:, layer]).sum(1) / n  # (E, D, D, B)
         zq = zq + (zq.unsqueeze(2) * K).sum(1)
         CK = _tiny_matmul(C, K)
         C = C + CK + CK.transpose(1, 2) + _tiny_matmul(K.transpose(1, 2), CK)

@@ -1,0 +1,271 @@
+"""Gaussian-process ICL prompts (Cheng, Chen & Sra 2024, science.md §2).
+
+A prompt holds n context pairs ``(x_i, y_i)`` and a query ``x_q``. The inputs are uniform on the
+unit sphere ``S^{d−1}`` (``inputs='sphere'``, default) or ``N(0, I/d)`` (``'gaussian'``). The labels
+of the n+1 points are one joint draw ``y = f + ε``, ``f ~ N(0, Σ)``, ``ε ~ N(0, σ² I)``, where
+
+    Σ = K⁺ + jitter · I,     K_ij = k(x_i, x_j) = Σ_t weight_t · k_t(x_i, x_j)
+
+over the terms ``k_t`` of the configured kernel:
+
+- ``linear``: ``⟨u, v⟩``;
+- ``relu``: ``max(⟨u, v⟩, 0)``;
+- ``exp``: ``exp(⟨u, v⟩ / bandwidth)``.
+
+**Non-PSD kernels.** ``relu`` of an inner product is *not* a positive semi-definite kernel in
+general (8 equally spaced unit vectors in a plane give a circulant matrix with eigenvalue
+1 − √2 < 0; random prompts in d = 2 hit such configurations often), so ``K`` need not be a covariance. iclab handles this explicitly: ``K⁺`` is the
+PSD projection of ``K`` (eigendecomposition ``K = V diag(λ) Vᵀ``, ``K⁺ = V diag(max(λ, 0)) Vᵀ``,
+the Frobenius-nearest PSD matrix), computed per prompt over all n+1 points jointly (query last).
+For PSD kernels ``K⁺ = K`` up to round-off. The batch reports the raw smallest eigenvalue
+(``min_eigenvalue``) and the clipped negative mass ``psd_violation = max(0, −λ_min(K))`` per
+prompt, so users can see when (and by how much) the projection changed the kernel.
+``kernel_matrix`` holds ``Σ``, the covariance of ``f`` actually used; the labels' covariance is
+``Σ + σ² I``. The Bayes-optimal predictor for these data is
+:func:`iclab.theory.functional_gd.gp_posterior_mean`, which uses the same ``Σ``.
+
+Sampling uses the eigendecomposition (``f = V diag(√(λ⁺ + jitter)) z``, exact for rank-deficient
+kernels such as ``linear`` with n+1 > d, where a Cholesky factorization would fail at jitter 0);
+the kernel and its decomposition are computed in float64 and the result is cast to the working
+dtype. Every tensor carries a leading ensemble dimension ``E`` then the batch dimension ``B``;
+member ``e`` draws from the stream ``(seeds[e], purpose, index)`` exactly as a single-seed run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from iclab.seeding import make_generator
+
+__all__ = [
+    "GaussianProcessBatch",
+    "GaussianProcessConfig",
+    "GaussianProcessTask",
+    "KernelSpec",
+    "KernelTerm",
+    "as_kernel_terms",
+    "gp_covariance",
+    "kernel_function",
+]
+
+KernelName = Literal["linear", "relu", "exp"]
+
+
+class KernelTerm(BaseModel):
+    """One term ``weight · k(u, v)`` of a kernel; ``bandwidth`` is used by ``exp`` only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: KernelName = Field(description="'linear', 'relu' or 'exp'")
+    weight: float = Field(1.0, gt=0.0, description="positive weight of the term")
+    bandwidth: float = Field(1.0, gt=0.0, description="h in exp(⟨u,v⟩/h)")
+
+    @field_validator("weight", "bandwidth")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be finite")
+        return v
+
+
+KernelSpec = str | KernelTerm | dict | Sequence[KernelTerm | dict | str]
+
+
+def as_kernel_terms(kernel: KernelSpec) -> list[KernelTerm]:
+    """Normalize a kernel spec (a name, a term, a dict, or a list of those) to a list of terms."""
+    if isinstance(kernel, (str, KernelTerm, dict)):
+        kernel = [kernel]
+    terms = []
+    for t in kernel:
+        if isinstance(t, KernelTerm):
+            terms.append(t)
+        elif isinstance(t, str):
+            terms.append(KernelTerm(name=t))  # type: ignore[arg-type]
+        elif isinstance(t, dict):
+            terms.append(KernelTerm(**t))
+        else:
+            raise ValueError(f"kernel: expected a name, a dict or a KernelTerm, got {t!r}")
+    if not terms:
+        raise ValueError("kernel: needs at least one term")
+    return terms
+
+
+def kernel_function(u: torch.Tensor, w: torch.Tensor, kernel: KernelSpec) -> torch.Tensor:
+    """Kernel matrix ``k(u_i, w_j)``: u (…, m, d), w (…, k, d) -> (…, m, k), in u's dtype."""
+    terms = as_kernel_terms(kernel)
+    g = u @ w.transpose(-1, -2)
+    out = torch.zeros_like(g)
+    for t in terms:
+        if t.name == "linear":
+            out = out + t.weight * g
+        elif t.name == "relu":
+            out = out + t.weight * g.clamp_min(0)
+        else:
+            out = out + t.weight * torch.exp(g / t.bandwidth)
+    return out
+
+
+def gp_covariance(
+    x_all: torch.Tensor, kernel: KernelSpec, jitter: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The covariance actually used for the points ``x_all`` (…, N, d), in float64.
+
+    Returns ``(cov, eigenvalues, eigenvectors, min_eigenvalue)``: ``cov = K⁺ + jitter·I``
+    (…, N, N), the eigenvalues ``max(λ, 0) + jitter`` (…, N) and eigenvectors (…, N, N) of
+    ``cov``, and the raw smallest eigenvalue ``λ_min(K)`` (…) before clipping.
+    """
+    K = kernel_function(x_all.to(torch.float64), x_all.to(torch.float64), kernel)
+    K = (K + K.transpose(-1, -2)) / 2
+    lam, V = torch.linalg.eigh(K)
+    lam_c = lam.clamp_min(0) + jitter
+    cov = (V * lam_c.unsqueeze(-2)) @ V.transpose(-1, -2)
+    cov = (cov + cov.transpose(-1, -2)) / 2
+    return cov, lam_c, V, lam[..., 0]
+
+
+class GaussianProcessConfig(BaseModel):
+    """Gaussian-process regression task (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["gaussian_process"] = "gaussian_process"
+    d: int = Field(5, ge=1, description="input dimension")
+    n: int = Field(8, ge=1, description="number of context examples per prompt")
+    inputs: Literal["sphere", "gaussian"] = Field(
+        "sphere", description="'sphere' (uniform on S^{d−1}) or 'gaussian' (N(0, I/d))"
+    )
+    kernel: list[KernelTerm] = Field(
+        default_factory=lambda: [KernelTerm(name="exp")],
+        description="kernel terms (summed); a single name such as 'exp' is accepted",
+    )
+    jitter: float = Field(1e-6, ge=0.0, description="added to the diagonal of the covariance")
+    noise_std: float = Field(0.0, ge=0.0, description="label noise σ")
+
+    @field_validator("kernel", mode="before")
+    @classmethod
+    def _kernel_names(cls, v: object) -> object:
+        if isinstance(v, (str, dict, KernelTerm)):
+            v = [v]
+        if isinstance(v, (list, tuple)):
+            if len(v) == 0:
+                raise ValueError("needs at least one term")
+            return [{"name": t} if isinstance(t, str) else t for t in v]
+        return v
+
+    @field_validator("jitter", "noise_std")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be finite")
+        return v
+
+
+@dataclass(frozen=True)
+class GaussianProcessBatch:
+    """A batch of GP prompts with their ground truth. Shapes: E ensemble, B prompts, n, d."""
+
+    x: torch.Tensor  # (E, B, n, d)
+    y: torch.Tensor  # (E, B, n)
+    x_query: torch.Tensor  # (E, B, d)
+    y_query: torch.Tensor  # (E, B)
+    kernel_matrix: torch.Tensor  # (E, B, n+1, n+1): Σ = K⁺ + jitter·I, query last
+    min_eigenvalue: torch.Tensor  # (E, B): λ_min of the raw kernel matrix K
+    psd_violation: torch.Tensor  # (E, B): max(0, −λ_min(K)), the clipped negative mass
+    config: GaussianProcessConfig
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[-2]
+
+    @property
+    def d(self) -> int:
+        return self.x.shape[-1]
+
+    @property
+    def noise_std(self) -> float:
+        return self.config.noise_std
+
+    def tokens(self) -> torch.Tensor:
+        """Token rows (E, B, n+1, d+1); the query's label slot is 0 (as in linear regression)."""
+        ctx = torch.cat([self.x, self.y.unsqueeze(-1)], dim=-1)
+        q = torch.cat([self.x_query, torch.zeros_like(self.y_query).unsqueeze(-1)], dim=-1)
+        return torch.cat([ctx, q.unsqueeze(-2)], dim=-2)
+
+    def to(self, dtype: torch.dtype) -> GaussianProcessBatch:
+        f = lambda t: t.to(dtype)  # noqa: E731
+        return GaussianProcessBatch(
+            f(self.x),
+            f(self.y),
+            f(self.x_query),
+            f(self.y_query),
+            f(self.kernel_matrix),
+            f(self.min_eigenvalue),
+            f(self.psd_violation),
+            self.config,
+        )
+
+
+class GaussianProcessTask:
+    """Samples :class:`GaussianProcessBatch` es for an ensemble of seeds on any device."""
+
+    def __init__(
+        self,
+        config: GaussianProcessConfig,
+        seeds: Sequence[int],
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if len(seeds) < 1:
+            raise ValueError("seeds: at least one seed is required")
+        self.config = config
+        self.seeds = list(seeds)
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    @property
+    def ensemble_size(self) -> int:
+        return len(self.seeds)
+
+    def sample(self, batch_size: int, purpose: str, index: int = 0) -> GaussianProcessBatch:
+        """Draw ``batch_size`` prompts per member from the stream ``(seed, purpose, index)``."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+        cfg = self.config
+        n, d = cfg.n, cfg.d
+        parts = []
+        for s in self.seeds:
+            g = make_generator(self.device, s, purpose, index)
+            kw = dict(generator=g, device=self.device, dtype=self.dtype)
+            parts.append(
+                (
+                    torch.randn(batch_size, n + 1, d, **kw),
+                    torch.randn(batch_size, n + 1, **kw),
+                    torch.randn(batch_size, n + 1, **kw),
+                )
+            )
+        raw_x = torch.stack([p[0] for p in parts])  # (E, B, n+1, d)
+        raw_z = torch.stack([p[1] for p in parts]).to(torch.float64)  # (E, B, n+1)
+        raw_e = torch.stack([p[2] for p in parts])  # (E, B, n+1)
+        if cfg.inputs == "sphere":
+            xs = raw_x / raw_x.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(self.dtype).tiny)
+        else:
+            xs = raw_x / math.sqrt(d)
+        cov, lam, V, lam_min = gp_covariance(xs, cfg.kernel, cfg.jitter)
+        f = (V @ (lam.sqrt() * raw_z).unsqueeze(-1)).squeeze(-1)  # (E, B, n+1) ~ N(0, cov)
+        ys = f.to(self.dtype) + cfg.noise_std * raw_e
+        return GaussianProcessBatch(
+            x=xs[:, :, :n],
+            y=ys[:, :, :n],
+            x_query=xs[:, :, n],
+            y_query=ys[:, :, n],
+            kernel_matrix=cov.to(self.dtype),
+            min_eigenvalue=lam_min.to(self.dtype),
+            psd_violation=(-lam_min).clamp_min(0).to(self.dtype),
+            config=cfg,
+        )
