@@ -173,3 +173,28 @@ def test_tensorboard_without_the_package_fails_before_work(tmp_path):
     with pytest.raises(ConfigError, match=r"train\.tensorboard"):
         train(small_config(tensorboard=True), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_divergence_after_a_checkpoint_names_it_and_keeps_it_intact(tmp_path, monkeypatch):
+    import iclab.training.trainer as trainer_module
+
+    cfg = small_config()
+    built = []
+    original = trainer_module.build_model
+    monkeypatch.setattr(
+        trainer_module, "build_model", lambda *a, **k: built.append(original(*a, **k)) or built[-1]
+    )
+
+    def poison(step):  # simulate a blow-up: the parameters go NaN after step 15
+        if step == 15:
+            with torch.no_grad():
+                built[-1].A.fill_(float("nan"))
+
+    with pytest.raises(TrainingDiverged, match=r"step 16: .*last good checkpoint \(step 10\)"):
+        train(cfg, tmp_path / "run", progress=False, on_step=poison)
+    tensors, meta = load_tensors(tmp_path / "run" / "checkpoint.safetensors")
+    assert meta["step"] == 10
+    assert all(torch.isfinite(t).all() for t in tensors.values())
+    # resuming restarts from the good checkpoint and (without the poison) completes
+    resumed = train(cfg, tmp_path / "run", progress=False)
+    assert resumed.info["resumed_from_step"] == 10 and resumed.metrics[-1]["step"] == 40

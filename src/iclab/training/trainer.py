@@ -130,7 +130,7 @@ def train(
                 config, model, task, metrics, run_dir, float(done_info.get("wall_s", 0.0)),
                 0, done_info,
             )  # fmt: skip
-    if run_dir is not None and writer is None and tcfg.tensorboard:
+    if run_dir is not None and tcfg.tensorboard:
         writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     predict = model.predict_prepared
@@ -160,7 +160,10 @@ def train(
     if run_dir is not None:
         io.atomic_write_json(run_dir / io.RUN_INFO, info)
 
+    last_checkpoint = start if (run_dir is not None and start > 0) else None
+
     def save_checkpoint(step: int) -> None:
+        nonlocal last_checkpoint
         if run_dir is None:
             return
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -169,14 +172,18 @@ def train(
         meta = {"step": step, "optimizer": ometa, "config": config.to_dict()}
         io.save_tensors(run_dir / io.CHECKPOINT, tensors, meta)
         io.write_metrics(run_dir / io.METRICS, metrics)
+        last_checkpoint = step
 
     def diverged(step: int, what: str, values: torch.Tensor) -> TrainingDiverged:
         bad = [config.seeds[e] for e in range(len(values)) if not torch.isfinite(values[e])]
-        last = metrics[-1]["step"] if metrics else 0
-        where = f" kept at {run_dir / io.CHECKPOINT}" if run_dir is not None else " (no run folder)"
+        if last_checkpoint is not None:
+            kept = f"The last good checkpoint (step {last_checkpoint}) is kept at {run_dir / io.CHECKPOINT}."
+        elif run_dir is not None:
+            kept = "No checkpoint had been written yet (the last good checkpoint is none)."
+        else:
+            kept = "No run folder: nothing was written (the last good checkpoint is none)."
         msg = (
-            f"training diverged at step {step}: {what} is not finite for seed(s) {bad}. "
-            f"The last good checkpoint (step {last if run_dir else 'n/a'}) is{where}. "
+            f"training diverged at step {step}: {what} is not finite for seed(s) {bad}. {kept} "
             "Try a smaller train.lr, a schedule with warm-up, or train.clip.mode=global."
         )
         if run_dir is not None:

@@ -1,0 +1,217 @@
+"""Non-linear ("kernel") attention, science.md §2 (Cheng, Chen & Sra 2024).
+
+Tokens are rows ``z = [x; y]`` (as in :mod:`iclab.models.lsa`): ``(E, B, n+1, d+1)``, the query
+last with label slot 0. One layer updates *every* token (the query included); only the n context
+tokens are keys and values:
+
+    z_m ← z_m + Σ_h Σ_{j≤n} a_h(m, j) · P_h z_j,      P_h = [[B_h, 0], [0, v_h]]
+
+with scores ``s_h(m, j) = ⟨Q_h x_j, K_h x_m⟩`` (``Q_h``, ``K_h`` act on the x part only) and
+
+- ``a_h(m, j) = h(s_h(m, j)) / n`` for activations ``linear`` (h(s) = s), ``relu`` (max(s, 0))
+  and ``exp`` (exp(s));
+- ``a_h(m, j) = softmax_j s_h(m, j)`` for ``softmax`` (normalized over the n keys, no 1/n).
+
+In row form the x part moves by ``Σ_j a(m, j) B_h x_j`` and the label slot by
+``Σ_j a(m, j) v_h y_j``. The prediction is ``sign · Z_L[query, label]`` with ``sign = −1`` for
+``readout='negative'`` (Ahn et al.'s convention: the query slot holds minus the prediction, the
+context slots hold residuals) and ``+1`` for ``'positive'``. Heads add.
+
+Overflow: ``exp`` is evaluated in the working dtype with no rescaling; if any ``exp`` weight is
+non-finite the forward raises ``FloatingPointError`` naming the largest logit (rescaling the
+logits would change the function the model computes). ``softmax`` subtracts the per-row max
+logit, which is exact.
+
+Parameters carry leading dims ``(E, L, H, …)``: ``B`` (value x-block, d×d; a zero buffer when
+``train_value_block=False``), ``v`` (label weight), ``Q``, ``K`` (d×d). Member ``e`` is
+initialized from ``make_generator(device, seeds[e], "init")`` with N(0, init_std²) entries in the
+sorted order of parameter names, as in :class:`~iclab.models.LinearSelfAttention`. A layer costs
+O(n²·d) per prompt (the activation prevents the Gram-matrix shortcut of LSA).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from iclab.seeding import make_generator
+
+__all__ = ["Activation", "KernelAttention", "KernelAttentionConfig"]
+
+Activation = Literal["linear", "relu", "exp", "softmax"]
+Readout = Literal["negative", "positive"]
+
+
+class KernelAttentionConfig(BaseModel):
+    """Non-linear attention model: one activation per head."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["kernel_attention"] = "kernel_attention"
+    layers: int = Field(3, ge=1, description="number of attention layers L")
+    heads: list[Activation] = Field(
+        default_factory=lambda: ["exp"],
+        min_length=1,
+        description="activation of each head, e.g. ['exp', 'linear']; heads add",
+    )
+    readout: Readout = Field("negative", description="'negative' (Ahn) or 'positive' (Ding)")
+    init_std: float = Field(1e-2, ge=0.0, description="std of the N(0, init_std²) initialization")
+    train_value_block: bool = Field(
+        False, description="train the x-block B of the value matrix (False: B = 0)"
+    )
+
+
+def _activate(activation: str, s: torch.Tensor, n: int) -> torch.Tensor:
+    """Attention weights (…, m, n) from scores (…, m, n) for one head."""
+    if activation == "linear":
+        return s / n
+    if activation == "relu":
+        return s.clamp_min(0) / n
+    if activation == "softmax":
+        return torch.softmax(s, dim=-1)
+    w = torch.exp(s)
+    if not torch.isfinite(w).all():
+        big = s.detach().abs().max().item() if s.numel() else float("nan")
+        raise FloatingPointError(
+            f"kernel attention: exp of a logit overflowed in {s.dtype} (largest |logit| "
+            f"{big:.4g}); use a wider dtype or smaller Q, K"
+        )
+    return w / n
+
+
+class KernelAttention(nn.Module):
+    """An ensemble of ``E`` L-layer non-linear attention models; see the module docstring."""
+
+    def __init__(
+        self,
+        d: int,
+        config: KernelAttentionConfig,
+        seeds: Sequence[int] = (0,),
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        if d < 1:
+            raise ValueError(f"d: must be >= 1, got {d}")
+        if len(seeds) < 1:
+            raise ValueError("seeds: at least one seed is required")
+        self.d = d
+        self.config = config
+        self.seeds = list(seeds)
+        self.sign = -1.0 if config.readout == "negative" else 1.0
+        E, L, H = len(seeds), config.layers, len(config.heads)
+        kw = dict(device=device, dtype=dtype)
+        self.Q = nn.Parameter(torch.zeros(E, L, H, d, d, **kw))
+        self.K = nn.Parameter(torch.zeros(E, L, H, d, d, **kw))
+        self.v = nn.Parameter(torch.zeros(E, L, H, **kw))
+        if config.train_value_block:
+            self.B = nn.Parameter(torch.zeros(E, L, H, d, d, **kw))
+        else:
+            self.register_buffer("B", torch.zeros(E, L, H, d, d, **kw))
+        self.reset_parameters()
+
+    @property
+    def ensemble_size(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def device(self) -> torch.device:
+        return self.Q.device
+
+    def reset_parameters(self) -> None:
+        """Member e's parameters are N(0, init_std²) draws from the stream (seeds[e], 'init')."""
+        with torch.no_grad():
+            for e, seed in enumerate(self.seeds):
+                gen = make_generator(self.device, seed, "init")
+                for _, p in sorted(self.named_parameters()):
+                    p[e].copy_(
+                        torch.randn(p.shape[1:], generator=gen, device=p.device, dtype=p.dtype)
+                        * self.config.init_std
+                    )
+
+    @torch.no_grad()
+    def set_weights(
+        self,
+        *,
+        B: torch.Tensor | None = None,
+        v: torch.Tensor | None = None,
+        Q: torch.Tensor | None = None,
+        K: torch.Tensor | None = None,
+    ) -> None:
+        """Load parameters (broadcast to (E, L, H, …)); ``None`` leaves a parameter unchanged.
+
+        A non-zero ``B`` needs ``train_value_block=True``.
+        """
+        if B is not None:
+            B = torch.as_tensor(B, dtype=self.B.dtype, device=self.device)
+            if not self.config.train_value_block and bool((B != 0).any()):
+                raise ValueError("B: the value block is fixed at 0 (train_value_block=False)")
+            self.B.copy_(B.expand_as(self.B))
+        for name, t in (("v", v), ("Q", Q), ("K", K)):
+            if t is not None:
+                p = getattr(self, name)
+                t = torch.as_tensor(t, dtype=p.dtype, device=p.device)
+                try:
+                    p.copy_(t.expand_as(p))
+                except RuntimeError:
+                    raise ValueError(
+                        f"{name}: expected a shape broadcastable to {tuple(p.shape)}, "
+                        f"got {tuple(t.shape)}"
+                    ) from None
+
+    # ----------------------------------------------------------------------------- forward
+    @staticmethod
+    def tokens(x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
+        """Token rows (E, B, n+1, d+1) from x (E, B, n, d), y (E, B, n), x_query (E, B, d)."""
+        ctx = torch.cat([x, y.unsqueeze(-1)], dim=-1)
+        q = torch.cat([x_query, torch.zeros_like(x_query[..., :1])], dim=-1)
+        return torch.cat([ctx, q.unsqueeze(-2)], dim=-2)
+
+    def prepare(self, batch: object) -> torch.Tensor:
+        """Trainer hook: the state of a task batch (with .x, .y, .x_query) is its token matrix."""
+        return self.tokens(batch.x, batch.y, batch.x_query)  # type: ignore[attr-defined]
+
+    def predict_prepared(self, state: torch.Tensor) -> torch.Tensor:
+        """Trainer hook: predictions (E, B) from :meth:`prepare`'s tokens."""
+        return self.predict_tokens(state)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
+        """Predictions (E, B) for prompts x (E, B, n, d), y (E, B, n), x_query (E, B, d)."""
+        return self.predict_tokens(self.tokens(x, y, x_query))
+
+    def forward_tokens(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Residual stream of every layer: ``[Z_0, …, Z_L]``, each (E, B, n+1, d+1)."""
+        d = self.d
+        n = tokens.shape[-2] - 1
+        if tokens.shape[-1] != d + 1 or n < 1:
+            raise ValueError(
+                f"tokens: expected shape (E, B, n+1, {d + 1}) with n >= 1, got {tuple(tokens.shape)}"
+            )
+        Z = tokens
+        out = [Z]
+        for layer in range(self.config.layers):
+            x_all, x_ctx, y_ctx = Z[..., :d], Z[..., :n, :d], Z[..., :n, d]
+            upd_x = torch.zeros_like(x_all)
+            upd_y = torch.zeros_like(Z[..., d])
+            for h, act in enumerate(self.config.heads):
+                Qh = self.Q[:, layer, h].unsqueeze(1)  # (E, 1, d, d)
+                Kh = self.K[:, layer, h].unsqueeze(1)
+                keys = x_ctx @ Qh.transpose(-1, -2)  # rows Q x_j: (E, B, n, d)
+                queries = x_all @ Kh.transpose(-1, -2)  # rows K x_m: (E, B, n+1, d)
+                a = _activate(act, queries @ keys.transpose(-1, -2), n)  # (E, B, n+1, n)
+                v = self.v[:, layer, h, None, None]  # (E, 1, 1)
+                upd_y = upd_y + v * (a @ y_ctx.unsqueeze(-1)).squeeze(-1)
+                if self.config.train_value_block:  # otherwise B = 0 (set_weights enforces it)
+                    Bh = self.B[:, layer, h].unsqueeze(1)
+                    upd_x = upd_x + a @ (x_ctx @ Bh.transpose(-1, -2))
+            Z = Z + torch.cat([upd_x, upd_y.unsqueeze(-1)], dim=-1)
+            out.append(Z)
+        return out
+
+    def predict_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Predictions (E, B): ``sign · Z_L[..., query, label]``."""
+        return self.sign * self.forward_tokens(tokens)[-1][..., -1, self.d]
