@@ -138,10 +138,10 @@ def test_shampoo_undoes_a_two_sided_rotation():
     d = 5
     u, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
     cov = u @ torch.diag(torch.tensor([1.0, 1.0, 0.25, 1 / 16, 1.0], dtype=torch.float64)) @ u.T
-    target = torch.randn(1, d, d, generator=g, dtype=torch.float64)
+    target = torch.randn(1, 1, 1, d, d, generator=g, dtype=torch.float64)  # (E, L, H, d, d)
 
     def run(opt_cls):
-        w = torch.nn.Parameter(torch.zeros(1, d, d, dtype=torch.float64))
+        w = torch.nn.Parameter(torch.zeros(1, 1, 1, d, d, dtype=torch.float64))
         opt = opt_cls([w], lr=0.2)
         for _ in range(300):
             loss = 0.5 * ((cov @ (w - target) @ cov) ** 2).sum()
@@ -198,3 +198,38 @@ def test_divergence_after_a_checkpoint_names_it_and_keeps_it_intact(tmp_path, mo
     # resuming restarts from the good checkpoint and (without the poison) completes
     resumed = train(cfg, tmp_path / "run", progress=False)
     assert resumed.info["resumed_from_step"] == 10 and resumed.metrics[-1]["step"] == 40
+
+
+def test_shampoo_takes_adam_steps_on_non_matrix_parameters():
+    from iclab.training.shampoo import Shampoo
+
+    g = torch.Generator().manual_seed(1)
+    start = torch.randn(2, 3, 2, generator=g, dtype=torch.float64)  # (E, L, H): one scalar per head
+    params = [torch.nn.Parameter(start.clone()) for _ in range(2)]
+    opts = [Shampoo([params[0]], lr=0.1), torch.optim.Adam([params[1]], lr=0.1)]
+    for _ in range(5):
+        for p, opt in zip(params, opts):
+            loss = (p**3).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    torch.testing.assert_close(params[0], params[1])
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "shampoo"])
+def test_trainer_runs_kernel_attention_on_gaussian_process_prompts(tmp_path, optimizer):
+    """The same trainer serves every task × model: GP prompts and an exp+linear two-head model."""
+    cfg = make_config(
+        {
+            "n_seeds": 2,
+            "task": {"kind": "gaussian_process", "d": 3, "n": 6, "kernel": "exp"},
+            "model": {"kind": "kernel_attention", "layers": 2, "heads": ["exp", "linear"]},
+            "train": {"optimizer": optimizer, "lr": 0.01, "steps": 30, "batch_size": 128,
+                      "eval_every": 10, "test_size": 256, "checkpoint_every": 10},
+        }
+    )  # fmt: skip
+    res = train(cfg, tmp_path / "run", progress=False)
+    first, last = res.metrics[0]["test_loss"], res.metrics[-1]["test_loss"]
+    assert all(b < a for a, b in zip(first, last))
+    again = train(cfg, tmp_path / "run", progress=False)  # completed: loads, trains nothing
+    assert again.steps_run == 0 and strip(again.metrics) == strip(res.metrics)

@@ -9,13 +9,43 @@ from __future__ import annotations
 
 import importlib.resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from iclab.models import LSAConfig
+from iclab.models.kernel_attention import KernelAttentionConfig
 from iclab.tasks import LinearRegressionConfig
+from iclab.tasks.gaussian_process import GaussianProcessConfig
+
+
+def _kind(default: str):
+    """Discriminator reading ``kind`` from a dict or a model, with a default for old configs."""
+
+    def kind_of(v: Any) -> str:
+        return v.get("kind", default) if isinstance(v, dict) else getattr(v, "kind", default)
+
+    return kind_of
+
+
+TaskConfig = Annotated[
+    Annotated[LinearRegressionConfig, Tag("linear_regression")]
+    | Annotated[GaussianProcessConfig, Tag("gaussian_process")],
+    Discriminator(_kind("linear_regression")),
+]
+ModelConfig = Annotated[
+    Annotated[LSAConfig, Tag("lsa")] | Annotated[KernelAttentionConfig, Tag("kernel_attention")],
+    Discriminator(_kind("lsa")),
+]
 
 
 class ConfigError(ValueError):
@@ -89,8 +119,14 @@ class RunConfig(BaseModel):
     n_seeds: int = Field(1, ge=1, description="ensemble size: seeds trained in one tensor program")
     device: str = Field("auto", description="'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:1' …")
     dtype: Literal["float32", "float64"] = Field("float32", description="working precision")
-    task: LinearRegressionConfig = LinearRegressionConfig()
-    model: LSAConfig = LSAConfig()
+    task: TaskConfig = Field(
+        default_factory=LinearRegressionConfig,
+        description="the ICL task; 'kind' picks it: linear_regression (default), gaussian_process",
+    )
+    model: ModelConfig = Field(
+        default_factory=LSAConfig,
+        description="the model; 'kind' picks it: lsa (default), kernel_attention",
+    )
     train: TrainConfig = TrainConfig()
 
     @property
@@ -101,12 +137,26 @@ class RunConfig(BaseModel):
         return self.model_dump(mode="json")
 
 
+_UNION_TAGS = {"linear_regression", "gaussian_process", "lsa", "kernel_attention"}
+
+
 def format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<config>"
+        loc = [str(p) for p in e["loc"]]
+        if len(loc) > 1 and loc[0] in ("task", "model") and loc[1] in _UNION_TAGS:
+            loc.pop(1)  # the union member's tag is noise for the user
+        where = ".".join(loc) or "<config>"
+        if e["type"] == "union_tag_invalid":
+            ctx = e.get("ctx", {})
+            lines.append(
+                f"{where}.kind: unknown kind {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}"
+            )
+            continue
         msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"{loc}: {msg} (got {e.get('input')!r})" if "input" in e else f"{loc}: {msg}")
+        lines.append(
+            f"{where}: {msg} (got {e.get('input')!r})" if "input" in e else f"{where}: {msg}"
+        )
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 

@@ -5,8 +5,9 @@ both sides, ``L^{-1/4} G R^{-1/4}``, with ``L``/``R`` running averages of ``G G�
 A rotated input covariance makes LSA's loss landscape ill-conditioned in exactly this two-sided
 way (A_ℓ ~ Σ⁻¹), and Shampoo undoes it: on Ahn et al.'s rotated 3-layer task it converges like on
 Σ = I. The step's size is *grafted* from Adam (each matrix's step has the norm Adam's would have),
-so learning rates transfer from Adam. Every parameter is a stack (…, m, n) of matrices, and every
-matrix is preconditioned on its own, so ensemble members stay independent.
+so learning rates transfer from Adam. A parameter with at least four dims (iclab's (E, L, H, m, n)
+layout) is a stack of matrices, each preconditioned on its own, so ensemble members stay
+independent; smaller parameters (e.g. a label weight per head, (E, L, H)) take Adam's step.
 """
 
 from __future__ import annotations
@@ -47,36 +48,40 @@ class Shampoo(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 g = p.grad
-                if p.dim() < 2:
-                    raise ValueError("Shampoo: parameters must be stacks of matrices (dim >= 2)")
+                matrix = p.dim() >= 4
                 st = self.state[p]
                 if not st:
                     st["step"] = torch.zeros((), dtype=torch.float64)
                     st["exp_avg"] = torch.zeros_like(p)
                     st["exp_avg_sq"] = torch.zeros_like(p)
-                    st["left"] = torch.zeros(
-                        *p.shape[:-1], p.shape[-2], dtype=p.dtype, device=p.device
-                    )
-                    st["right"] = torch.zeros(
-                        *p.shape[:-2], p.shape[-1], p.shape[-1], dtype=p.dtype, device=p.device
-                    )
+                    if matrix:
+                        m, k = p.shape[-2], p.shape[-1]
+                        kw = dict(dtype=p.dtype, device=p.device)
+                        st["left"] = torch.zeros(*p.shape[:-2], m, m, **kw)
+                        st["right"] = torch.zeros(*p.shape[:-2], k, k, **kw)
                 st["step"] += 1
                 t = int(st["step"].item())
-                gt = g.transpose(-1, -2)
-                st["left"].mul_(b2).add_(g @ gt, alpha=1 - b2)
-                st["right"].mul_(b2).add_(gt @ g, alpha=1 - b2)
                 st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
                 corr = 1 - b2**t
-                adam_dir = g / ((st["exp_avg_sq"] / corr).sqrt() + group["eps"])
-                pre = (
-                    _inverse_fourth_root(st["left"] / corr, group["root_eps"])
-                    @ g
-                    @ _inverse_fourth_root(st["right"] / corr, group["root_eps"])
-                )
-                norm = lambda x: torch.linalg.matrix_norm(x, keepdim=True)  # noqa: E731
-                pre = pre * (norm(adam_dir) / norm(pre).clamp_min(1e-30))
-                st["exp_avg"].mul_(b1).add_(pre, alpha=1 - b1)
+                if matrix:
+                    adam_dir = g / ((st["exp_avg_sq"] / corr).sqrt() + group["eps"])
+                    gt = g.transpose(-1, -2)
+                    st["left"].mul_(b2).add_(g @ gt, alpha=1 - b2)
+                    st["right"].mul_(b2).add_(gt @ g, alpha=1 - b2)
+                    pre = (
+                        _inverse_fourth_root(st["left"] / corr, group["root_eps"])
+                        @ g
+                        @ _inverse_fourth_root(st["right"] / corr, group["root_eps"])
+                    )
+                    norm = lambda x: torch.linalg.matrix_norm(x, keepdim=True)  # noqa: E731
+                    pre = pre * (norm(adam_dir) / norm(pre).clamp_min(1e-30))
                 if group["weight_decay"]:
                     p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(st["exp_avg"], alpha=-group["lr"] / (1 - b1**t))
+                if matrix:  # momentum on the grafted, preconditioned direction
+                    st["exp_avg"].mul_(b1).add_(pre, alpha=1 - b1)
+                    p.add_(st["exp_avg"], alpha=-group["lr"] / (1 - b1**t))
+                else:  # exactly Adam
+                    st["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
+                    denom = (st["exp_avg_sq"] / corr).sqrt() + group["eps"]
+                    p.addcdiv_(st["exp_avg"], denom, value=-group["lr"] / (1 - b1**t))
         return loss

@@ -28,7 +28,9 @@ import iclab
 from iclab.config import ConfigError, RunConfig, dump_config, load_config
 from iclab.device import resolve_device, resolve_dtype
 from iclab.models import LinearSelfAttention
+from iclab.models.kernel_attention import KernelAttention
 from iclab.tasks import LinearRegressionTask
+from iclab.tasks.gaussian_process import GaussianProcessTask
 from iclab.training import checkpoint as io
 from iclab.training.optim import build_optimizer, clip_gradients, lr_factor
 
@@ -40,8 +42,8 @@ class TrainingDiverged(RuntimeError):
 @dataclass
 class TrainResult:
     config: RunConfig
-    model: LinearSelfAttention
-    task: LinearRegressionTask
+    model: Any  # LinearSelfAttention | KernelAttention
+    task: Any  # LinearRegressionTask | GaussianProcessTask
     metrics: list[dict[str, Any]]
     run_dir: Path | None
     wall_s: float
@@ -53,11 +55,19 @@ class TrainResult:
         return torch.tensor(self.metrics[-1]["test_loss"], dtype=torch.float64)
 
 
-def build_task(config: RunConfig, device: torch.device, dtype: torch.dtype) -> LinearRegressionTask:
+def build_task(config: RunConfig, device: torch.device, dtype: torch.dtype) -> Any:
+    """The task sampler named by ``config.task.kind`` for the run's seeds."""
+    if config.task.kind == "gaussian_process":
+        return GaussianProcessTask(config.task, config.seeds, device=device, dtype=dtype)
     return LinearRegressionTask(config.task, config.seeds, device=device, dtype=dtype)
 
 
-def build_model(config: RunConfig, device: torch.device, dtype: torch.dtype) -> LinearSelfAttention:
+def build_model(config: RunConfig, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The ensemble model named by ``config.model.kind`` (input dimension from the task)."""
+    if config.model.kind == "kernel_attention":
+        return KernelAttention(
+            config.task.d, config.model, config.seeds, device=device, dtype=dtype
+        )
     return LinearSelfAttention(
         config.task.d, config.model, config.seeds, device=device, dtype=dtype
     )
