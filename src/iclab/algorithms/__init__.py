@@ -6,17 +6,27 @@ predictions (E, B) and fitted weights (E, B, d). No per-prompt Python loops; any
 """
 
 from iclab.algorithms.gradient_descent import gd_plus_plus, preconditioned_gd, sufficient_statistics
+from iclab.algorithms.kernel_methods import (
+    FunctionalGDResult,
+    TunedFunctionalSteps,
+    functional_gd,
+    tune_functional_gd_steps,
+)
 from iclab.algorithms.least_squares import Prediction, bayes_posterior_mean, ols, ridge
 from iclab.algorithms.step_size_tuning import TunedSteps, tune_gd_step_sizes
 
 __all__ = [
+    "FunctionalGDResult",
     "Prediction",
+    "TunedFunctionalSteps",
     "TunedSteps",
     "bayes_posterior_mean",
+    "functional_gd",
     "gd_plus_plus",
     "ols",
     "preconditioned_gd",
     "ridge",
     "sufficient_statistics",
+    "tune_functional_gd_steps",
     "tune_gd_step_sizes",
 ]

@@ -11,6 +11,12 @@ loss is the mean squared error without 1/2; see each module's docstring.
 """
 
 from iclab.theory.constructions import gd_plus_plus_weights, preconditioned_gd_weights
+from iclab.theory.functional_gd import (
+    functional_gd_weights,
+    gp_expected_loss,
+    gp_posterior_mean,
+    kernel_ridge,
+)
 from iclab.theory.multilayer import (
     PGDScalars,
     best_pgd_scalars,
@@ -29,7 +35,11 @@ from iclab.theory.one_layer import (
 __all__ = [
     "PGDScalars",
     "best_pgd_scalars",
+    "functional_gd_weights",
     "gd_plus_plus_weights",
+    "gp_expected_loss",
+    "gp_posterior_mean",
+    "kernel_ridge",
     "one_layer_population_loss",
     "one_layer_second_moment",
     "optimal_one_layer_loss",
