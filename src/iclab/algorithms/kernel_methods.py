@@ -30,7 +30,7 @@ import torch
 
 from iclab.algorithms.gradient_descent import _matvec, _step_sizes
 from iclab.algorithms.least_squares import _check_prompts
-from iclab.algorithms.step_size_tuning import _residual_polynomial
+from iclab.algorithms.step_size_tuning import _residual_polynomial, multistart_lbfgs
 from iclab.tasks.gaussian_process import KernelSpec, KernelTerm, as_kernel_terms, kernel_function
 
 __all__ = [
@@ -206,52 +206,16 @@ def tune_functional_gd_steps(
         pred = functional_gd(x, y, x_query, k, steps).prediction
         return ((pred - y_query) ** 2).mean(-1).expand(E)
 
-    best_steps = torch.full((E, layers), math.nan, dtype=f64, device=x.device)
-    best_loss = torch.full((E,), math.inf, dtype=f64, device=x.device)
-    best_initial = torch.full((E,), math.inf, dtype=f64, device=x.device)
-    for guess in guesses:
-        start = guess if per_ensemble else guess.mean(0, keepdim=True)
-        with torch.no_grad():
-            initial = objective(start)
-        if not torch.isfinite(initial).all():
-            continue
-        scale = initial.clamp_min(torch.finfo(f64).tiny)
-        if not per_ensemble:
-            scale = scale.mean()
-        param = start.clone().requires_grad_(True)
-        opt = torch.optim.LBFGS(
-            [param],
-            lr=1.0,
-            max_iter=max_iter,
-            history_size=20,
-            tolerance_grad=1e-11,
-            tolerance_change=1e-15,
-            line_search_fn="strong_wolfe",
-        )
-
-        def closure(
-            param: torch.Tensor = param, opt: torch.optim.LBFGS = opt, scale: torch.Tensor = scale
-        ) -> torch.Tensor:
-            opt.zero_grad()
-            loss = (objective(param) / scale).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        with torch.no_grad():
-            final = member_losses(param).nan_to_num(nan=math.inf)
-            steps = param.detach().expand(E, layers)
-            if per_ensemble:
-                better = final < best_loss
-            else:
-                better = (final.mean() < best_loss.mean()).expand(E)
-            best_steps = torch.where(better.unsqueeze(-1), steps, best_steps)
-            best_loss = torch.where(better, final, best_loss)
-            best_initial = torch.where(better, initial, best_initial)
-    if not torch.isfinite(best_loss).all():
-        raise RuntimeError(
-            "tune_functional_gd_steps: every initial guess diverged (non-finite loss)"
-        )
+    best_steps, best_loss, best_initial = multistart_lbfgs(
+        objective,
+        member_losses,
+        guesses,
+        E,
+        layers,
+        per_ensemble,
+        max_iter,
+        "tune_functional_gd_steps",
+    )
     return TunedFunctionalSteps(
         step_sizes=best_steps if per_ensemble else best_steps[0],
         loss=best_loss,

@@ -21,7 +21,7 @@ reported losses are recomputed directly.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -231,9 +231,45 @@ def tune_gd_step_sizes(
     else:
         objective = member_losses
 
-    best_steps = torch.full((E_out, layers), math.nan, dtype=f64, device=x.device)
-    best_loss = torch.full((E_out,), math.inf, dtype=f64, device=x.device)
-    best_initial = torch.full((E_out,), math.inf, dtype=f64, device=x.device)
+    best_steps, best_loss, best_initial = multistart_lbfgs(
+        objective,
+        member_losses,
+        guesses,
+        E_out,
+        layers,
+        per_ensemble,
+        max_iter,
+        "tune_gd_step_sizes",
+    )
+    return TunedSteps(
+        step_sizes=best_steps if per_ensemble else best_steps[0],
+        loss=best_loss,
+        preconditioner=None if preconditioner is None else torch.as_tensor(preconditioner).to(f64),
+        initial_loss=best_initial,
+    )
+
+
+def multistart_lbfgs(
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    member_losses: Callable[[torch.Tensor], torch.Tensor],
+    guesses: Iterable[torch.Tensor],
+    members: int,
+    layers: int,
+    per_ensemble: bool,
+    max_iter: int,
+    name: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Minimize ``objective`` (per-member losses of (E, L) steps) by L-BFGS from each guess.
+
+    Keeps, per member (or jointly when not ``per_ensemble``), the guess whose result has the lowest
+    ``member_losses``. Returns ``(steps (E, L), loss (E,), initial loss (E,))``; float64.
+    """
+    f64 = torch.float64
+    guesses = list(guesses)
+    device = guesses[0].device
+    best_steps = torch.full((members, layers), math.nan, dtype=f64, device=device)
+    best_loss = torch.full((members,), math.inf, dtype=f64, device=device)
+    best_initial = torch.full((members,), math.inf, dtype=f64, device=device)
     for guess in guesses:
         start = guess if per_ensemble else guess.mean(0, keepdim=True)
         with torch.no_grad():
@@ -265,19 +301,14 @@ def tune_gd_step_sizes(
         opt.step(closure)
         with torch.no_grad():
             final = member_losses(param).nan_to_num(nan=math.inf)
-            steps = param.detach().expand(E_out, layers)
+            steps = param.detach().expand(members, layers)
             if per_ensemble:
                 better = final < best_loss
             else:
-                better = (final.mean() < best_loss.mean()).expand(E_out)
+                better = (final.mean() < best_loss.mean()).expand(members)
             best_steps = torch.where(better.unsqueeze(-1), steps, best_steps)
             best_loss = torch.where(better, final, best_loss)
             best_initial = torch.where(better, initial, best_initial)
     if not torch.isfinite(best_loss).all():
-        raise RuntimeError("tune_gd_step_sizes: every initial guess diverged (non-finite loss)")
-    return TunedSteps(
-        step_sizes=best_steps if per_ensemble else best_steps[0],
-        loss=best_loss,
-        preconditioner=None if preconditioner is None else torch.as_tensor(preconditioner).to(f64),
-        initial_loss=best_initial,
-    )
+        raise RuntimeError(f"{name}: every initial guess diverged (non-finite loss)")
+    return best_steps, best_loss, best_initial
