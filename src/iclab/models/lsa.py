@@ -38,7 +38,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from iclab.seeding import make_generator
+from iclab.models.ensemble import init_ensemble_
 
 Parametrization = Literal["full", "pgd", "sparse_pgd"]
 Readout = Literal["negative", "positive"]
@@ -118,14 +118,7 @@ class LinearSelfAttention(nn.Module):
 
     def reset_parameters(self) -> None:
         """Member e's parameters are N(0, init_std²) draws from the stream (seeds[e], 'init')."""
-        with torch.no_grad():
-            for e, seed in enumerate(self.seeds):
-                gen = make_generator(self.device, seed, "init")
-                for _, p in sorted(self.named_parameters()):
-                    p[e].copy_(
-                        torch.randn(p.shape[1:], generator=gen, device=p.device, dtype=p.dtype)
-                        * self.config.init_std
-                    )
+        init_ensemble_(self, self.seeds, self.config.init_std)
 
     @property
     def device(self) -> torch.device:
