@@ -63,3 +63,18 @@ def test_cli_train_show_presets_and_report(capsys, tmp_path):
     assert main(args) == 0
     assert main(["report", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "figures" / "matrices.png").exists()
+
+
+def test_cli_trains_and_reports_a_kernel_attention_preset(tmp_path):
+    args = ["train", "cheng2024_exp_kernel", "--out", str(tmp_path / "k"), "--quiet"]
+    args += [
+        "--set",
+        "train.steps=10",
+        "--set",
+        "train.batch_size=64",
+        "--set",
+        "train.test_size=64",
+    ]
+    assert main(args) == 0
+    assert main(["report", str(tmp_path / "k")]) == 0
+    assert (tmp_path / "k" / "figures" / "loss.png").exists()

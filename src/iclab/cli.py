@@ -65,6 +65,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     res = load_run(args.run_dir, device="cpu")
     out = Path(args.run_dir) / "figures"
     figures.loss_curves({res.config.name: res.metrics}, out / "loss.png")
+    last = res.metrics[-1]
+    print(f"run {res.config.name}: step {last['step']}, per-seed test loss {last['test_loss']}")
+    if not hasattr(res.model, "preconditioners"):  # effective A_ℓ/B_ℓ exist for LSA models only
+        print(f"figures written to {out}")
+        return 0
     A = res.model.preconditioners().detach()[0, :, 0]
     B = res.model.covariate_transforms().detach()[0, :, 0]
     L = A.shape[0]
@@ -74,8 +79,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
         out / "matrices.png",
         suptitle=f"{res.config.name} (seed {res.config.seed})",
     )
-    last = res.metrics[-1]
-    print(f"run {res.config.name}: step {last['step']}, per-seed test loss {last['test_loss']}")
     print(f"figures written to {out}")
     return 0
 
