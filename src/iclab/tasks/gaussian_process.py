@@ -42,6 +42,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from iclab.seeding import make_generator
+from iclab.tasks.prompts import EnsembleTask, PromptBatch
 
 __all__ = [
     "GaussianProcessBatch",
@@ -167,7 +168,7 @@ class GaussianProcessConfig(BaseModel):
 
 
 @dataclass(frozen=True)
-class GaussianProcessBatch:
+class GaussianProcessBatch(PromptBatch):
     """A batch of GP prompts with their ground truth. Shapes: E ensemble, B prompts, n, d."""
 
     x: torch.Tensor  # (E, B, n, d)
@@ -180,38 +181,11 @@ class GaussianProcessBatch:
     config: GaussianProcessConfig
 
     @property
-    def n(self) -> int:
-        return self.x.shape[-2]
-
-    @property
-    def d(self) -> int:
-        return self.x.shape[-1]
-
-    @property
     def noise_std(self) -> float:
         return self.config.noise_std
 
-    def tokens(self) -> torch.Tensor:
-        """Token rows (E, B, n+1, d+1); the query's label slot is 0 (as in linear regression)."""
-        ctx = torch.cat([self.x, self.y.unsqueeze(-1)], dim=-1)
-        q = torch.cat([self.x_query, torch.zeros_like(self.y_query).unsqueeze(-1)], dim=-1)
-        return torch.cat([ctx, q.unsqueeze(-2)], dim=-2)
 
-    def to(self, dtype: torch.dtype) -> GaussianProcessBatch:
-        f = lambda t: t.to(dtype)  # noqa: E731
-        return GaussianProcessBatch(
-            f(self.x),
-            f(self.y),
-            f(self.x_query),
-            f(self.y_query),
-            f(self.kernel_matrix),
-            f(self.min_eigenvalue),
-            f(self.psd_violation),
-            self.config,
-        )
-
-
-class GaussianProcessTask:
+class GaussianProcessTask(EnsembleTask):
     """Samples :class:`GaussianProcessBatch` es for an ensemble of seeds on any device."""
 
     def __init__(
@@ -221,16 +195,7 @@ class GaussianProcessTask:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if len(seeds) < 1:
-            raise ValueError("seeds: at least one seed is required")
-        self.config = config
-        self.seeds = list(seeds)
-        self.device = torch.device(device)
-        self.dtype = dtype
-
-    @property
-    def ensemble_size(self) -> int:
-        return len(self.seeds)
+        super().__init__(config, seeds, device, dtype)
 
     def sample(self, batch_size: int, purpose: str, index: int = 0) -> GaussianProcessBatch:
         """Draw ``batch_size`` prompts per member from the stream ``(seed, purpose, index)``."""

@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from iclab.seeding import make_generator
+from iclab.tasks.prompts import EnsembleTask, PromptBatch
 
 PAPER_SPECTRUM_D5 = (1.0, 1.0, 0.5, 0.25, 1.0)
 Matrix = list[list[float]]
@@ -109,7 +110,7 @@ def _psd_sqrt(m: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class LinearRegressionBatch:
+class LinearRegressionBatch(PromptBatch):
     """A batch of prompts with their ground truth. Shapes: E ensemble, B prompts, n context, d."""
 
     x: torch.Tensor  # (E, B, n, d)
@@ -121,38 +122,8 @@ class LinearRegressionBatch:
     weight_covariance: torch.Tensor  # (E, d, d)
     noise_std: float
 
-    @property
-    def n(self) -> int:
-        return self.x.shape[-2]
 
-    @property
-    def d(self) -> int:
-        return self.x.shape[-1]
-
-    def tokens(self) -> torch.Tensor:
-        """Token matrix with one *row* per token: (E, B, n+1, d+1); the query's label slot is 0.
-
-        This is the transpose of the papers' column convention Z0 ∈ R^{(d+1)×(n+1)}.
-        """
-        ctx = torch.cat([self.x, self.y.unsqueeze(-1)], dim=-1)
-        q = torch.cat([self.x_query, torch.zeros_like(self.y_query).unsqueeze(-1)], dim=-1)
-        return torch.cat([ctx, q.unsqueeze(-2)], dim=-2)
-
-    def to(self, dtype: torch.dtype) -> LinearRegressionBatch:
-        f = lambda t: t.to(dtype)  # noqa: E731
-        return LinearRegressionBatch(
-            f(self.x),
-            f(self.y),
-            f(self.x_query),
-            f(self.y_query),
-            f(self.w),
-            f(self.covariance),
-            f(self.weight_covariance),
-            self.noise_std,
-        )
-
-
-class LinearRegressionTask:
+class LinearRegressionTask(EnsembleTask):
     """Samples :class:`LinearRegressionBatch` es for an ensemble of seeds on any device."""
 
     def __init__(
@@ -162,12 +133,7 @@ class LinearRegressionTask:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if len(seeds) < 1:
-            raise ValueError("seeds: at least one seed is required")
-        self.config = config
-        self.seeds = list(seeds)
-        self.device = torch.device(device)
-        self.dtype = dtype
+        super().__init__(config, seeds, device, dtype)
         d = config.d
         covs = []
         for s in self.seeds:
@@ -189,10 +155,6 @@ class LinearRegressionTask:
         self.weight_covariance = wcov.clone()
         self._cov_sqrt = _psd_sqrt(cov).to(self.device, dtype)
         self._wcov_sqrt = _psd_sqrt(wcov).to(self.device, dtype)
-
-    @property
-    def ensemble_size(self) -> int:
-        return len(self.seeds)
 
     def sample(self, batch_size: int, purpose: str, index: int = 0) -> LinearRegressionBatch:
         """Draw ``batch_size`` prompts per member from the stream ``(seed, purpose, index)``."""
