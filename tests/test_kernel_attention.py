@@ -148,6 +148,27 @@ def test_forward_matches_naive_loop(heads, readout, value_block):
         assert torch.all(model.B == 0)
 
 
+@pytest.mark.parametrize(
+    "heads",
+    [["linear"], ["relu"], ["exp"], ["softmax"], ["exp", "linear"], ["relu", "softmax", "exp"]],
+)
+@pytest.mark.parametrize("readout", ["negative", "positive"])
+def test_fast_label_path_equals_token_layer_loop(heads, readout):
+    """predict_tokens (B = 0 fast path) vs the token-level loop: values and gradients, float64."""
+    b = _batch(d=4, n=6, size=7, seeds=(0, 1, 2))
+    cfg = KernelAttentionConfig(layers=3, heads=heads, readout=readout, init_std=0.4)
+    model = KernelAttention(4, cfg, [0, 1, 2], dtype=torch.float64)
+    tokens = b.tokens()
+    tokens[..., -1, -1] = 0.3  # a non-zero initial query slot must be carried too
+    fast = model.predict_tokens(tokens)
+    slow = model.sign * model.forward_tokens(tokens)[-1][..., -1, 4]
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
+    g_fast = torch.autograd.grad(fast.pow(2).sum(), list(model.parameters()))
+    g_slow = torch.autograd.grad(slow.pow(2).sum(), list(model.parameters()))
+    for a, c in zip(g_fast, g_slow):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
+
+
 def test_ensemble_member_matches_single_seed_and_gradients_flow():
     b = _batch(d=3, n=5, size=4)
     cfg = KernelAttentionConfig(layers=2, heads=["exp", "linear"], init_std=0.3)
@@ -167,6 +188,8 @@ def test_exp_overflow_raises_instead_of_rescaling():
     model.set_weights(Q=10 * torch.eye(3), K=10 * torch.eye(3), v=torch.tensor(1.0))
     with pytest.raises(FloatingPointError, match="overflow"):
         model(b.x, b.y, b.x_query)
+    with pytest.raises(FloatingPointError, match="overflow"):
+        model.forward_tokens(b.tokens())
     # softmax with the same logits is exact (max-subtracted) and finite
     sm = KernelAttention(3, KernelAttentionConfig(layers=1, heads=["softmax"]), [0, 1])
     sm.set_weights(Q=10 * torch.eye(3), K=10 * torch.eye(3), v=torch.tensor(1.0))

@@ -175,6 +175,21 @@ def test_tensorboard_without_the_package_fails_before_work(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_exp_overflow_in_kernel_attention_is_a_divergence_with_a_clear_message(tmp_path):
+    cfg = make_config(
+        {
+            "n_seeds": 2,
+            "task": {"kind": "gaussian_process", "d": 3, "n": 4, "kernel": "exp"},
+            "model": {"kind": "kernel_attention", "layers": 1, "heads": ["exp"], "init_std": 10},
+            "train": {"steps": 5, "batch_size": 16, "test_size": 16, "eval_every": 5},
+        }
+    )
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 1: .*overflowed.*last good"):
+        train(cfg, tmp_path / "run", progress=False)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["status"] == "diverged" and "overflowed" in info["message"]
+
+
 def test_divergence_after_a_checkpoint_names_it_and_keeps_it_intact(tmp_path, monkeypatch):
     import iclab.training.trainer as trainer_module
 

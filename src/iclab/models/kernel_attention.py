@@ -17,6 +17,16 @@ In row form the x part moves by ``Σ_j a(m, j) B_h x_j`` and the label slot by
 ``readout='negative'`` (Ahn et al.'s convention: the query slot holds minus the prediction, the
 context slots hold residuals) and ``+1`` for ``'positive'``. Heads add.
 
+**Fast path.** With ``train_value_block=False`` (B = 0) the covariates never move, so a layer only
+changes the label slots: ``r ← r + Σ_h v_h n_h⁻¹ h(S_h) r`` on the context slots (and the same row
+for the query), with ``S_h = X M_h X_ctxᵀ``, ``M_h = K_hᵀ Q_h`` and ``n_h = n`` (1 for softmax).
+:meth:`KernelAttention.predict_tokens` evaluates exactly this: per layer and head one GEMM for
+``X M_h``, one batched product for the (n+1)×n scores, the activation, and a mat-vec with the
+label slots — no token matrix, no x-updates. A ``linear`` head never forms its scores:
+``S r = X M (X_ctxᵀ r)`` costs O(n·d) instead of O(n²·d). :meth:`forward_tokens` keeps the
+token-level layer loop (every residual stream, and the only path when B is trained); the two
+agree to round-off (tested in float64).
+
 Overflow: ``exp`` is evaluated in the working dtype with no rescaling; if any ``exp`` weight is
 non-finite the forward raises ``FloatingPointError`` naming the largest logit (rescaling the
 logits would change the function the model computes). ``softmax`` subtracts the per-row max
@@ -67,20 +77,31 @@ class KernelAttentionConfig(BaseModel):
 
 def _activate(activation: str, s: torch.Tensor, n: int) -> torch.Tensor:
     """Attention weights (…, m, n) from scores (…, m, n) for one head."""
-    if activation == "linear":
-        return s / n
-    if activation == "relu":
-        return s.clamp_min(0) / n
     if activation == "softmax":
         return torch.softmax(s, dim=-1)
-    w = torch.exp(s)
-    if not torch.isfinite(w).all():
-        big = s.detach().abs().max().item() if s.numel() else float("nan")
-        raise FloatingPointError(
-            f"kernel attention: exp of a logit overflowed in {s.dtype} (largest |logit| "
-            f"{big:.4g}); use a wider dtype or smaller Q, K"
-        )
+    w = _unnormalized(activation, s)
+    if activation == "exp" and not torch.isfinite(w).all():
+        raise _overflow_error(s)
     return w / n
+
+
+def _unnormalized(activation: str, s: torch.Tensor) -> torch.Tensor:
+    """``h(s)`` without the 1/n (and the softmax normalization) of :func:`_activate`."""
+    if activation == "linear":
+        return s
+    if activation == "relu":
+        return s.clamp_min(0)
+    if activation == "exp":
+        return torch.exp(s)
+    return torch.softmax(s, dim=-1)
+
+
+def _overflow_error(s: torch.Tensor) -> FloatingPointError:
+    big = s.detach().abs().max().item() if s.numel() else float("nan")
+    return FloatingPointError(
+        f"kernel attention: exp of a logit overflowed in {s.dtype} (largest |logit| "
+        f"{big:.4g}); use a wider dtype or smaller Q, K"
+    )
 
 
 class KernelAttention(nn.Module):
@@ -207,4 +228,59 @@ class KernelAttention(nn.Module):
 
     def predict_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Predictions (E, B): ``sign · Z_L[..., query, label]``."""
-        return self.sign * self.forward_tokens(tokens)[-1][..., -1, self.d]
+        if self.config.train_value_block:
+            return self.sign * self.forward_tokens(tokens)[-1][..., -1, self.d]
+        return self.sign * self._label_stream(tokens)
+
+    def _label_stream(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The query's label slot after L layers when B = 0 (module docstring, fast path)."""
+        d = self.d
+        E, B, N, width = tokens.shape
+        n = N - 1
+        if width != d + 1 or n < 1 or self.ensemble_size != tokens.shape[0]:
+            raise ValueError(
+                f"tokens: expected shape ({self.ensemble_size}, B, n+1, {d + 1}) with n >= 1, "
+                f"got {tuple(tokens.shape)}"
+            )
+        x = tokens[..., :d]  # (E, B, N, d)
+        x_rows = x.reshape(E, B * N, d)
+        x_ctx = x[:, :, :n]
+        x_ctx_t = x_ctx.reshape(E * B, n, d).transpose(1, 2)  # (E·B, d, n)
+        r = tokens[..., :n, d]  # (E, B, n) context label slots
+        q = tokens[..., n, d]  # (E, B) query label slot
+        M = self.K.transpose(-1, -2) @ self.Q  # (E, L, H, d, d): s(m, j) = x_mᵀ M x_j
+        norm = [1.0 if a == "softmax" else float(n) for a in self.config.heads]
+        overflow = torch.zeros((), dtype=torch.bool, device=tokens.device)
+        for layer in range(self.config.layers):
+            upd = torch.zeros_like(x[..., 0])  # (E, B, N)
+            for h, act in enumerate(self.config.heads):
+                Mh = M[:, layer, h]  # (E, d, d)
+                if act == "linear":  # S r = X M (X_ctxᵀ r): never form the scores
+                    w = (x_ctx * r.unsqueeze(-1)).sum(-2)  # (E, B, d)
+                    u = (x * (w @ Mh.transpose(-1, -2)).unsqueeze(-2)).sum(-1)
+                else:
+                    S = torch.bmm((x_rows @ Mh).view(E * B, N, d), x_ctx_t)  # (E·B, N, n)
+                    A = _unnormalized(act, S).view(E, B, N, n)
+                    u = (A * r.unsqueeze(-2)).sum(-1)  # (E, B, N)
+                    if act == "exp":
+                        overflow = overflow | ~torch.isfinite(u).all()
+                upd = upd + u * (self.v[:, layer, h] / norm[h])[:, None, None]
+            r = r + upd[..., :n]
+            q = q + upd[..., n]
+        if bool(overflow):
+            raise self._overflow_from(tokens)
+        return q
+
+    @torch.no_grad()
+    def _overflow_from(self, tokens: torch.Tensor) -> FloatingPointError:
+        """The overflow error, naming the largest exp logit (recomputed, error path only)."""
+        d, n = self.d, tokens.shape[-2] - 1
+        x = tokens[..., :d]
+        M = self.K.transpose(-1, -2) @ self.Q
+        big = [
+            torch.einsum("ebmc,ecf,ebjf->ebmj", x, M[:, layer, h], x[:, :, :n])
+            for layer in range(self.config.layers)
+            for h, act in enumerate(self.config.heads)
+            if act == "exp"
+        ]
+        return _overflow_error(torch.stack([s.abs().max() for s in big]))

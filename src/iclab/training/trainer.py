@@ -184,8 +184,13 @@ def train(
         io.write_metrics(run_dir / io.METRICS, metrics)
         last_checkpoint = step
 
-    def diverged(step: int, what: str, values: torch.Tensor) -> TrainingDiverged:
-        bad = [config.seeds[e] for e in range(len(values)) if not torch.isfinite(values[e])]
+    def diverged(step: int, what: str, values: torch.Tensor | None) -> TrainingDiverged:
+        """``values``: per-seed losses naming the bad seeds; None when the model itself raised."""
+        bad = (
+            [config.seeds[e] for e in range(len(values)) if not torch.isfinite(values[e])]
+            if values is not None
+            else list(config.seeds)
+        )
         if last_checkpoint is not None:
             kept = f"The last good checkpoint (step {last_checkpoint}) is kept at {run_dir / io.CHECKPOINT}."
         elif run_dir is not None:
@@ -217,7 +222,11 @@ def train(
         lr = tcfg.lr * lr_factor(step, tcfg.steps, tcfg.schedule)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss = mse_per_member(predict(state), batch.y_query)
+        try:
+            loss = mse_per_member(predict(state), batch.y_query)
+        except FloatingPointError as err:  # e.g. an exp logit overflowed in kernel attention
+            bar.close()
+            raise diverged(step + 1, f"the forward pass [{err}]", None) from err
         if not torch.isfinite(loss).all():
             bar.close()
             raise diverged(step + 1, "the training loss", loss.detach())
@@ -228,7 +237,11 @@ def train(
         done = step + 1
         bar.update(1)
         if done % tcfg.eval_every == 0 or done == tcfg.steps:
-            test = evaluate()
+            try:
+                test = evaluate()
+            except FloatingPointError as err:
+                bar.close()
+                raise diverged(done, f"the test forward pass [{err}]", None) from err
             if not torch.isfinite(test).all():
                 bar.close()
                 raise diverged(done, "the test loss", test)
