@@ -5,6 +5,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+import iclab.tasks.gaussian_process as gp_module
+from iclab.seeding import make_generator
 from iclab.tasks.gaussian_process import (
     GaussianProcessConfig,
     GaussianProcessTask,
@@ -17,6 +19,26 @@ from iclab.theory.functional_gd import gp_expected_loss, gp_posterior_mean, kern
 
 def _task(seeds=(0, 1), **kw):
     return GaussianProcessTask(GaussianProcessConfig(**kw), list(seeds), dtype=torch.float64)
+
+
+def _stream_z(task, batch_size, purpose, index=0):
+    """The standard-normal vectors z (E, B, n+1) that ``task.sample`` draws, in float64."""
+    n, d = task.config.n, task.config.d
+    zs = []
+    for s in task.seeds:
+        g = make_generator(task.device, s, purpose, index)
+        kw = dict(generator=g, device=task.device, dtype=task.dtype)
+        torch.randn(batch_size, n + 1, d, **kw)  # the inputs come first in the stream
+        zs.append(torch.randn(batch_size, n + 1, **kw))
+    return torch.stack(zs).to(torch.float64)
+
+
+def _points(batch):
+    return torch.cat([batch.x, batch.x_query.unsqueeze(-2)], dim=-2)
+
+
+def _labels(batch):
+    return torch.cat([batch.y, batch.y_query.unsqueeze(-1)], dim=-1)
 
 
 def _whitened_covariance(batch):
@@ -152,3 +174,119 @@ def test_gp_expected_loss_matches_monte_carlo(kernel, d, noise):
     se = z.std().item() / math.sqrt(z.numel())
     assert abs(z.mean().item()) < 3 * se
     assert (predicted >= noise**2 - 1e-12).all()
+
+
+@pytest.mark.parametrize(
+    "kernel, jitter", [("exp", 1e-6), ([{"name": "exp", "bandwidth": 0.5}, "linear"], 1e-3)]
+)
+def test_cholesky_path_draws_f_as_cholesky_factor_times_z(kernel, jitter):
+    """PSD-by-construction kernels: f = L z with L Lᵀ = Σ = K + jitter·I (the stream's z)."""
+    task = _task(seeds=(3, 4), d=5, n=8, kernel=kernel, jitter=jitter)
+    b = task.sample(500, "chol", 1)
+    x_all = _points(b)
+    K = kernel_function(x_all, x_all, kernel)
+    sigma = (K + K.mT) / 2 + jitter * torch.eye(9, dtype=torch.float64)
+    torch.testing.assert_close(b.kernel_matrix, sigma, atol=1e-12, rtol=0)
+    L = torch.linalg.cholesky(sigma)
+    torch.testing.assert_close(L @ L.mT, b.kernel_matrix, atol=1e-10, rtol=0)
+    f = (L @ _stream_z(task, 500, "chol", 1).unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(_labels(b), f, atol=1e-10, rtol=0)
+    assert "min_eigenvalue" not in b.__dict__  # not computed at sampling time
+
+
+def test_cholesky_path_empirical_covariance_on_fixed_points():
+    """Many z for one fixed set of points: the empirical covariance of f is Σ."""
+    g = torch.Generator().manual_seed(0)
+    pts = torch.nn.functional.normalize(torch.randn(6, 3, generator=g, dtype=torch.float64), dim=-1)
+    N = 40000
+    z = torch.randn(N, 6, generator=g, dtype=torch.float64)
+    kernel = [{"name": "exp", "bandwidth": 0.7}, "linear"]
+    f, cov, lam_min = gp_module._draw_f(pts.expand(N, 6, 3), z, kernel, 1e-3)
+    assert lam_min is None  # the Cholesky path
+    sigma = cov[0]
+    torch.testing.assert_close(cov, sigma.expand(N, 6, 6), atol=0, rtol=0)
+    emp = f.T @ f / N
+    # sd of an entry of the empirical covariance: √((Σ_ij² + Σ_ii Σ_jj) / N); allow 5 sd
+    sd = ((sigma**2 + sigma.diagonal()[:, None] * sigma.diagonal()[None, :]) / N).sqrt()
+    assert ((emp - sigma).abs() / sd).max().item() < 5
+
+
+def test_rank_deficient_linear_kernel_falls_back_to_eigh_exactly(monkeypatch):
+    """linear, jitter 0, n+1 > d: K is singular; failed factorizations take the eigh path."""
+    calls = []
+    real = gp_module.gp_covariance
+
+    def spy(x_all, kernel, jitter):
+        calls.append(x_all.shape[:-2])
+        return real(x_all, kernel, jitter)
+
+    monkeypatch.setattr(gp_module, "gp_covariance", spy)
+    task = _task(seeds=(0, 1), d=8, n=8, kernel="linear", jitter=0.0)
+    b = task.sample(400, "fb")
+    x_all = _points(b)
+    K = kernel_function(x_all, x_all, "linear")
+    K = (K + K.mT) / 2
+    _, info = torch.linalg.cholesky_ex(K)
+    failed = info > 0
+    assert 0 < failed.sum().item() < failed.numel()  # both paths are exercised
+    assert calls == [torch.Size([failed.sum().item()])]  # only the failed prompts, once
+    z = _stream_z(task, 400, "fb")
+    cov, lam, V, _ = real(x_all[failed], "linear", 0.0)
+    f_eigh = (V @ (lam.sqrt() * z[failed]).unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(_labels(b)[failed], f_eigh, atol=1e-12, rtol=0)
+    torch.testing.assert_close(b.kernel_matrix[failed], cov, atol=1e-12, rtol=0)
+    # the samples lie in the span of the d features, y = X w (up to the ~√eps floor of the
+    # clipped round-off eigenvalues; a jitter of 1e-6 would leave residuals ~1e-3) ...
+    b5 = _task(seeds=(2,), d=5, n=8, kernel="linear", jitter=0.0).sample(400, "fb")
+    for bb in (b, b5):
+        x_all, y_all = _points(bb), _labels(bb)
+        w = torch.linalg.lstsq(x_all, y_all.unsqueeze(-1)).solution
+        assert ((x_all @ w).squeeze(-1) - y_all).abs().max().item() < 1e-6
+    # ... so at d = 5 the query label is predicted from the 8 context pairs by least squares
+    w = torch.linalg.lstsq(b5.x, b5.y.unsqueeze(-1)).solution.squeeze(-1)
+    assert ((b5.x_query * w).sum(-1) - b5.y_query).abs().max().item() < 1e-5
+    # ensemble member e equals a single-seed run, fallback included
+    single = _task(seeds=(1,), d=8, n=8, kernel="linear", jitter=0.0).sample(400, "fb")
+    torch.testing.assert_close(b.y[1:], single.y, rtol=0, atol=0)
+    torch.testing.assert_close(b.kernel_matrix[1:], single.kernel_matrix, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lazy_min_eigenvalue_is_eigvalsh_of_the_raw_kernel(dtype):
+    kernel = [{"name": "exp", "bandwidth": 2.0}, "linear"]
+    task = GaussianProcessTask(GaussianProcessConfig(d=4, n=6, kernel=kernel), [0, 1], dtype=dtype)
+    b = task.sample(300, "lazy")
+    assert "min_eigenvalue" not in b.__dict__ and "psd_violation" not in b.__dict__
+    x_all = _points(b).to(torch.float64)
+    K = kernel_function(x_all, x_all, kernel)
+    expected = torch.linalg.eigvalsh((K + K.mT) / 2)[..., 0]
+    assert b.min_eigenvalue.shape == (2, 300) and b.min_eigenvalue.dtype == dtype
+    assert b.psd_violation.shape == (2, 300) and b.psd_violation.dtype == dtype
+    torch.testing.assert_close(b.min_eigenvalue, expected.to(dtype), atol=1e-12, rtol=0)
+    torch.testing.assert_close(b.psd_violation, (-expected).clamp_min(0).to(dtype))
+    assert b.min_eigenvalue is b.min_eigenvalue  # cached
+    # the same values as the eigendecomposition the sampler used to run for every prompt
+    *_, lam_min = gp_covariance(_points(b), kernel, 1e-6)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6  # eigh vs eigvalsh: round-off apart
+    torch.testing.assert_close(b.min_eigenvalue, lam_min.to(dtype), atol=tol, rtol=0)
+    assert b.to(torch.float64).min_eigenvalue.dtype == torch.float64
+
+
+@pytest.mark.parametrize("kernel", ["relu", ["relu", {"name": "exp", "bandwidth": 2.0}]])
+def test_relu_kernels_keep_the_eigendecomposition_path(kernel, monkeypatch):
+    calls = []
+    real = gp_module.gp_covariance
+    monkeypatch.setattr(
+        gp_module, "gp_covariance", lambda *a: calls.append(a[0].shape[:-2]) or real(*a)
+    )
+    task = _task(seeds=(0, 1), d=2, n=8, kernel=kernel, jitter=1e-4)
+    b = task.sample(300, "relu", 2)
+    assert calls == [torch.Size([2, 300])]  # every prompt
+    x_all = _points(b)
+    cov, lam, V, lam_min = real(x_all, kernel, 1e-4)
+    f = (V @ (lam.sqrt() * _stream_z(task, 300, "relu", 2)).unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(_labels(b), f, atol=1e-12, rtol=0)
+    torch.testing.assert_close(b.kernel_matrix, cov, atol=0, rtol=0)
+    assert "min_eigenvalue" in b.__dict__  # filled from the decomposition at sampling time
+    torch.testing.assert_close(b.min_eigenvalue, lam_min, atol=0, rtol=0)
+    torch.testing.assert_close(b.psd_violation, (-lam_min).clamp_min(0), atol=0, rtol=0)

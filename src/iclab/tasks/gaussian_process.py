@@ -14,21 +14,37 @@ over the terms ``k_t`` of the configured kernel:
 
 **Non-PSD kernels.** ``relu`` of an inner product is *not* a positive semi-definite kernel in
 general (8 equally spaced unit vectors in a plane give a circulant matrix with eigenvalue
-1 − √2 < 0; random prompts in d = 2 hit such configurations often), so ``K`` need not be a covariance. iclab handles this explicitly: ``K⁺`` is the
-PSD projection of ``K`` (eigendecomposition ``K = V diag(λ) Vᵀ``, ``K⁺ = V diag(max(λ, 0)) Vᵀ``,
-the Frobenius-nearest PSD matrix), computed per prompt over all n+1 points jointly (query last).
-For PSD kernels ``K⁺ = K`` up to round-off. The batch reports the raw smallest eigenvalue
-(``min_eigenvalue``) and the clipped negative mass ``psd_violation = max(0, −λ_min(K))`` per
-prompt, so users can see when (and by how much) the projection changed the kernel.
-``kernel_matrix`` holds ``Σ``, the covariance of ``f`` actually used; the labels' covariance is
-``Σ + σ² I``. The Bayes-optimal predictor for these data is
-:func:`iclab.theory.functional_gd.gp_posterior_mean`, which uses the same ``Σ``.
+1 − √2 < 0; random prompts in d = 2 hit such configurations often), so ``K`` need not be a
+covariance. iclab handles this explicitly: ``K⁺`` is the PSD projection of ``K``
+(eigendecomposition ``K = V diag(λ) Vᵀ``, ``K⁺ = V diag(max(λ, 0)) Vᵀ``, the Frobenius-nearest
+PSD matrix), computed per prompt over all n+1 points jointly (query last). For PSD kernels
+``K⁺ = K`` up to round-off. The batch reports the raw smallest eigenvalue (``min_eigenvalue``)
+and the clipped negative mass ``psd_violation = max(0, −λ_min(K))`` per prompt, so users can see
+when (and by how much) the projection changed the kernel. ``kernel_matrix`` holds ``Σ``, the
+covariance of ``f`` actually used; the labels' covariance is ``Σ + σ² I``. The Bayes-optimal
+predictor for these data is :func:`iclab.theory.functional_gd.gp_posterior_mean`, which uses the
+same ``Σ``.
 
-Sampling uses the eigendecomposition (``f = V diag(√(λ⁺ + jitter)) z``, exact for rank-deficient
-kernels such as ``linear`` with n+1 > d, where a Cholesky factorization would fail at jitter 0);
-the kernel and its decomposition are computed in float64 and the result is cast to the working
-dtype. Every tensor carries a leading ensemble dimension ``E`` then the batch dimension ``B``;
-member ``e`` draws from the stream ``(seeds[e], purpose, index)`` exactly as a single-seed run.
+**Sampling.** The kernel and its factorization are computed in float64 and ``f`` is cast to the
+working dtype. Two paths give the same distribution:
+
+- *Cholesky* (kernels that are PSD by construction: every term is ``linear`` or ``exp``). Here
+  ``K⁺ = K``, so ``Σ = K + jitter·I`` and ``f = L z`` with ``L Lᵀ = Σ`` from a batched
+  ``torch.linalg.cholesky_ex``. Prompts whose factorization fails (e.g. a rank-deficient
+  ``linear`` kernel with n+1 > d at jitter 0, where round-off makes ``K`` numerically
+  indefinite) fall back, selected by index, to the eigendecomposition path below, so their
+  ``Σ = K⁺ + jitter·I`` and ``f`` are exact as well.
+- *Eigendecomposition* (any kernel with a ``relu`` term, and the Cholesky fallback):
+  ``f = V diag(√(max(λ, 0) + jitter)) z`` via :func:`gp_covariance`.
+
+Both factor the same ``Σ`` (up to round-off), so ``f ~ N(0, Σ)`` either way; the actual draws
+of a given ``z`` differ between the two factorizations. ``min_eigenvalue`` and ``psd_violation``
+are computed lazily, on first access, from the batch's own points (``torch.linalg.eigvalsh`` of
+the raw ``K`` in float64, returned in the batch's dtype; after :meth:`~PromptBatch.to` they are
+recomputed from the cast points); on the eigendecomposition path they are filled in at sampling
+time from the decomposition already computed. Every tensor carries a leading ensemble dimension
+``E`` then the batch dimension ``B``; member ``e`` draws from the stream
+``(seeds[e], purpose, index)`` exactly as a single-seed run.
 """
 
 from __future__ import annotations
@@ -36,6 +52,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import torch
@@ -101,15 +118,32 @@ def kernel_function(u: torch.Tensor, w: torch.Tensor, kernel: KernelSpec) -> tor
     """Kernel matrix ``k(u_i, w_j)``: u (…, m, d), w (…, k, d) -> (…, m, k), in u's dtype."""
     terms = as_kernel_terms(kernel)
     g = u @ w.transpose(-1, -2)
-    out = torch.zeros_like(g)
+    out: torch.Tensor | None = None
     for t in terms:
+        # unit weights / bandwidths skip a multiply / divide (bit-identical: both are exact)
         if t.name == "linear":
-            out = out + t.weight * g
+            k = g
         elif t.name == "relu":
-            out = out + t.weight * g.clamp_min(0)
+            k = g.clamp_min(0)
         else:
-            out = out + t.weight * torch.exp(g / t.bandwidth)
+            k = torch.exp(g if t.bandwidth == 1.0 else g / t.bandwidth)
+        if t.weight != 1.0:
+            k = t.weight * k
+        out = k if out is None else out + k
+    assert out is not None  # as_kernel_terms guarantees at least one term
     return out
+
+
+def _is_psd_kernel(kernel: KernelSpec) -> bool:
+    """Whether the kernel is PSD by construction (every term is ``linear`` or ``exp``)."""
+    return all(t.name in ("linear", "exp") for t in as_kernel_terms(kernel))
+
+
+def _raw_kernel64(x_all: torch.Tensor, kernel: KernelSpec) -> torch.Tensor:
+    """The raw (unprojected) kernel matrix of ``x_all`` (…, N, d) in float64, symmetrized."""
+    x64 = x_all.to(torch.float64)
+    K = kernel_function(x64, x64, kernel)
+    return (K + K.transpose(-1, -2)).mul_(0.5)  # = (K + Kᵀ) / 2, one temporary fewer
 
 
 def gp_covariance(
@@ -121,13 +155,35 @@ def gp_covariance(
     (…, N, N), the eigenvalues ``max(λ, 0) + jitter`` (…, N) and eigenvectors (…, N, N) of
     ``cov``, and the raw smallest eigenvalue ``λ_min(K)`` (…) before clipping.
     """
-    K = kernel_function(x_all.to(torch.float64), x_all.to(torch.float64), kernel)
-    K = (K + K.transpose(-1, -2)) / 2
+    K = _raw_kernel64(x_all, kernel)
     lam, V = torch.linalg.eigh(K)
     lam_c = lam.clamp_min(0) + jitter
     cov = (V * lam_c.unsqueeze(-2)) @ V.transpose(-1, -2)
     cov = (cov + cov.transpose(-1, -2)) / 2
     return cov, lam_c, V, lam[..., 0]
+
+
+def _draw_f(
+    x_all: torch.Tensor, z: torch.Tensor, kernel: KernelSpec, jitter: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``f ~ N(0, Σ)`` at the points ``x_all`` (…, N, d) from standard normals ``z`` (…, N).
+
+    Returns ``(f, cov, min_eigenvalue)`` in float64: ``f`` (…, N), ``cov = Σ`` (…, N, N), and
+    ``λ_min(K)`` (…) when the eigendecomposition path computed it for every prompt, else None.
+    """
+    if not _is_psd_kernel(kernel):
+        cov, lam, V, lam_min = gp_covariance(x_all, kernel, jitter)
+        return (V @ (lam.sqrt() * z).unsqueeze(-1)).squeeze(-1), cov, lam_min
+    cov = _raw_kernel64(x_all, kernel)  # K = K⁺ for a PSD kernel
+    cov.diagonal(dim1=-2, dim2=-1).add_(jitter)
+    L, info = torch.linalg.cholesky_ex(cov)
+    f = (L @ z.unsqueeze(-1)).squeeze(-1)
+    failed = torch.nonzero(info, as_tuple=True)  # indices of failed factorizations; one sync
+    if failed[0].numel() > 0:  # the exact eigendecomposition path for just those prompts
+        cov_f, lam_f, V_f, _ = gp_covariance(x_all[failed], kernel, jitter)
+        cov[failed] = cov_f
+        f[failed] = (V_f @ (lam_f.sqrt() * z[failed]).unsqueeze(-1)).squeeze(-1)
+    return f, cov, None
 
 
 class GaussianProcessConfig(BaseModel):
@@ -169,20 +225,34 @@ class GaussianProcessConfig(BaseModel):
 
 @dataclass(frozen=True)
 class GaussianProcessBatch(PromptBatch):
-    """A batch of GP prompts with their ground truth. Shapes: E ensemble, B prompts, n, d."""
+    """A batch of GP prompts with their ground truth. Shapes: E ensemble, B prompts, n, d.
+
+    ``min_eigenvalue`` and ``psd_violation`` (E, B) are lazy: computed on first access from the
+    batch's points (or pre-filled by the sampler when it already has them) and then cached.
+    """
 
     x: torch.Tensor  # (E, B, n, d)
     y: torch.Tensor  # (E, B, n)
     x_query: torch.Tensor  # (E, B, d)
     y_query: torch.Tensor  # (E, B)
     kernel_matrix: torch.Tensor  # (E, B, n+1, n+1): Σ = K⁺ + jitter·I, query last
-    min_eigenvalue: torch.Tensor  # (E, B): λ_min of the raw kernel matrix K
-    psd_violation: torch.Tensor  # (E, B): max(0, −λ_min(K)), the clipped negative mass
     config: GaussianProcessConfig
 
     @property
     def noise_std(self) -> float:
         return self.config.noise_std
+
+    @cached_property
+    def min_eigenvalue(self) -> torch.Tensor:
+        """(E, B): λ_min of the raw kernel matrix K of all n+1 points, in the batch's dtype."""
+        x_all = torch.cat([self.x, self.x_query.unsqueeze(-2)], dim=-2)
+        lam = torch.linalg.eigvalsh(_raw_kernel64(x_all, self.config.kernel))
+        return lam[..., 0].to(self.x.dtype)
+
+    @cached_property
+    def psd_violation(self) -> torch.Tensor:
+        """(E, B): max(0, −λ_min(K)), the negative mass clipped by the PSD projection."""
+        return (-self.min_eigenvalue).clamp_min(0)
 
 
 class GaussianProcessTask(EnsembleTask):
@@ -221,16 +291,17 @@ class GaussianProcessTask(EnsembleTask):
             xs = raw_x / raw_x.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(self.dtype).tiny)
         else:
             xs = raw_x / math.sqrt(d)
-        cov, lam, V, lam_min = gp_covariance(xs, cfg.kernel, cfg.jitter)
-        f = (V @ (lam.sqrt() * raw_z).unsqueeze(-1)).squeeze(-1)  # (E, B, n+1) ~ N(0, cov)
+        f, cov, lam_min = _draw_f(xs, raw_z, cfg.kernel, cfg.jitter)
         ys = f.to(self.dtype) + cfg.noise_std * raw_e
-        return GaussianProcessBatch(
+        batch = GaussianProcessBatch(
             x=xs[:, :, :n],
             y=ys[:, :, :n],
             x_query=xs[:, :, n],
             y_query=ys[:, :, n],
             kernel_matrix=cov.to(self.dtype),
-            min_eigenvalue=lam_min.to(self.dtype),
-            psd_violation=(-lam_min).clamp_min(0).to(self.dtype),
             config=cfg,
         )
+        if lam_min is not None:  # pre-fill the lazy properties' caches (as cached_property does)
+            batch.__dict__["min_eigenvalue"] = lam_min.to(self.dtype)
+            batch.__dict__["psd_violation"] = (-lam_min).clamp_min(0).to(self.dtype)
+        return batch
