@@ -201,8 +201,7 @@ def test_cholesky_path_empirical_covariance_on_fixed_points():
     N = 40000
     z = torch.randn(N, 6, generator=g, dtype=torch.float64)
     kernel = [{"name": "exp", "bandwidth": 0.7}, "linear"]
-    f, cov, lam_min = gp_module._draw_f(pts.expand(N, 6, 3), z, kernel, 1e-3)
-    assert lam_min is None  # the Cholesky path
+    f, cov = gp_module._draw_f(pts.expand(N, 6, 3), z, kernel, 1e-3)
     sigma = cov[0]
     torch.testing.assert_close(cov, sigma.expand(N, 6, 6), atol=0, rtol=0)
     emp = f.T @ f / N
@@ -273,20 +272,32 @@ def test_lazy_min_eigenvalue_is_eigvalsh_of_the_raw_kernel(dtype):
 
 
 @pytest.mark.parametrize("kernel", ["relu", ["relu", {"name": "exp", "bandwidth": 2.0}]])
-def test_relu_kernels_keep_the_eigendecomposition_path(kernel, monkeypatch):
+def test_relu_kernels_project_exactly_the_prompts_that_are_not_positive_definite(
+    kernel, monkeypatch
+):
     calls = []
     real = gp_module.gp_covariance
     monkeypatch.setattr(
         gp_module, "gp_covariance", lambda *a: calls.append(a[0].shape[:-2]) or real(*a)
     )
-    task = _task(seeds=(0, 1), d=2, n=8, kernel=kernel, jitter=1e-4)
+    task = _task(seeds=(0, 1), d=5, n=8, kernel=kernel, jitter=1e-4)
     b = task.sample(300, "relu", 2)
-    assert calls == [torch.Size([2, 300])]  # every prompt
     x_all = _points(b)
-    cov, lam, V, lam_min = real(x_all, kernel, 1e-4)
-    f = (V @ (lam.sqrt() * _stream_z(task, 300, "relu", 2)).unsqueeze(-1)).squeeze(-1)
-    torch.testing.assert_close(_labels(b), f, atol=1e-12, rtol=0)
-    torch.testing.assert_close(b.kernel_matrix, cov, atol=0, rtol=0)
-    assert "min_eigenvalue" in b.__dict__  # filled from the decomposition at sampling time
-    torch.testing.assert_close(b.min_eigenvalue, lam_min, atol=0, rtol=0)
-    torch.testing.assert_close(b.psd_violation, (-lam_min).clamp_min(0), atol=0, rtol=0)
+    cov, _, _, lam_min = real(x_all, kernel, 1e-4)
+    not_pd = torch.linalg.cholesky_ex(gp_module._raw_kernel64(x_all, kernel))[1] != 0
+    assert 0 < int(not_pd.sum()) < not_pd.numel()  # d = 5: both paths occur
+    assert calls == [torch.Size([int(not_pd.sum())])]  # eigh only for the non-PD prompts
+    assert bool((lam_min[~not_pd] > 0).all())  # the Cholesky prompts have K⁺ = K
+    # every prompt is a draw from Σ = K⁺ + jitter·I: same Σ as the all-eigh path to round-off
+    torch.testing.assert_close(b.kernel_matrix, cov, atol=1e-12, rtol=0)
+    z = _stream_z(task, 300, "relu", 2)
+    # (eigenvectors of repeated eigenvalues are not unique: decompose the same subset)
+    _, lam_s, V_s, _ = real(x_all[not_pd], kernel, 1e-4)
+    f_eigh = (V_s @ (lam_s.sqrt() * z[not_pd]).unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(_labels(b)[not_pd], f_eigh, atol=1e-12, rtol=0)
+    chol = torch.linalg.cholesky(cov[~not_pd])
+    f_chol = (chol @ z[~not_pd].unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(_labels(b)[~not_pd], f_chol, atol=1e-12, rtol=0)
+    assert "min_eigenvalue" not in b.__dict__  # lazy
+    torch.testing.assert_close(b.min_eigenvalue, lam_min, atol=1e-12, rtol=0)
+    torch.testing.assert_close(b.psd_violation, (-lam_min).clamp_min(0), atol=1e-12, rtol=0)

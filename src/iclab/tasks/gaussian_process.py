@@ -26,23 +26,19 @@ predictor for these data is :func:`iclab.theory.functional_gd.gp_posterior_mean`
 same ``Σ``.
 
 **Sampling.** The kernel and its factorization are computed in float64 and ``f`` is cast to the
-working dtype. Two paths give the same distribution:
-
-- *Cholesky* (kernels that are PSD by construction: every term is ``linear`` or ``exp``). Here
-  ``K⁺ = K``, so ``Σ = K + jitter·I`` and ``f = L z`` with ``L Lᵀ = Σ`` from a batched
-  ``torch.linalg.cholesky_ex``. Prompts whose factorization fails (e.g. a rank-deficient
-  ``linear`` kernel with n+1 > d at jitter 0, where round-off makes ``K`` numerically
-  indefinite) fall back, selected by index, to the eigendecomposition path below, so their
-  ``Σ = K⁺ + jitter·I`` and ``f`` are exact as well.
-- *Eigendecomposition* (any kernel with a ``relu`` term, and the Cholesky fallback):
-  ``f = V diag(√(max(λ, 0) + jitter)) z`` via :func:`gp_covariance`.
-
-Both factor the same ``Σ`` (up to round-off), so ``f ~ N(0, Σ)`` either way; the actual draws
-of a given ``z`` differ between the two factorizations. ``min_eigenvalue`` and ``psd_violation``
-are computed lazily, on first access, from the batch's own points (``torch.linalg.eigvalsh`` of
-the raw ``K`` in float64, returned in the batch's dtype; after :meth:`~PromptBatch.to` they are
-recomputed from the cast points); on the eigendecomposition path they are filled in at sampling
-time from the decomposition already computed. Every tensor carries a leading ensemble dimension
+working dtype. Where ``K⁺ = K`` (always for kernels that are PSD by construction — every term
+``linear`` or ``exp`` — and, for a ``relu`` kernel, on the prompts whose raw ``K`` passes a
+Cholesky positive-definiteness test), ``Σ = K + jitter·I`` and ``f = L z`` with ``L Lᵀ = Σ`` from
+a batched ``torch.linalg.cholesky_ex``. Every other prompt — a ``relu`` prompt with
+``λ_min(K) ≤ 0`` (about 55% at d = 5, n = 8), or one whose factorization fails, e.g. a
+rank-deficient ``linear`` kernel with n+1 > d at jitter 0 — is selected by index and goes
+through the eigendecomposition ``f = V diag(√(max(λ, 0) + jitter)) z`` of :func:`gp_covariance`,
+so its ``Σ = K⁺ + jitter·I`` and ``f`` are exact as well. Both factor the same ``Σ`` (up to
+round-off), so ``f ~ N(0, Σ)`` either way; the actual draws of a given ``z`` differ between the
+two factorizations. ``min_eigenvalue`` and ``psd_violation`` are computed lazily, on first
+access, from the batch's own points (``torch.linalg.eigvalsh`` of the raw ``K`` in float64,
+returned in the batch's dtype; after :meth:`~PromptBatch.to` they are recomputed from the cast
+points). Every tensor carries a leading ensemble dimension
 ``E`` then the batch dimension ``B``; member ``e`` draws from the stream
 ``(seeds[e], purpose, index)`` exactly as a single-seed run.
 """
@@ -165,25 +161,26 @@ def gp_covariance(
 
 def _draw_f(
     x_all: torch.Tensor, z: torch.Tensor, kernel: KernelSpec, jitter: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``f ~ N(0, Σ)`` at the points ``x_all`` (…, N, d) from standard normals ``z`` (…, N).
 
-    Returns ``(f, cov, min_eigenvalue)`` in float64: ``f`` (…, N), ``cov = Σ`` (…, N, N), and
-    ``λ_min(K)`` (…) when the eigendecomposition path computed it for every prompt, else None.
+    Returns ``(f, cov)`` in float64: ``f`` (…, N) and ``cov = Σ`` (…, N, N).
     """
-    if not _is_psd_kernel(kernel):
-        cov, lam, V, lam_min = gp_covariance(x_all, kernel, jitter)
-        return (V @ (lam.sqrt() * z).unsqueeze(-1)).squeeze(-1), cov, lam_min
-    cov = _raw_kernel64(x_all, kernel)  # K = K⁺ for a PSD kernel
-    cov.diagonal(dim1=-2, dim2=-1).add_(jitter)
+    K = _raw_kernel64(x_all, kernel)
+    # For a kernel that is not PSD by construction (relu), a prompt whose raw K factors is
+    # numerically positive definite, so K⁺ = K there too; only the others need the projection.
+    not_pd = None if _is_psd_kernel(kernel) else torch.linalg.cholesky_ex(K)[1] != 0
+    cov = K
+    cov.diagonal(dim1=-2, dim2=-1).add_(jitter)  # Σ = K + jitter·I where K⁺ = K
     L, info = torch.linalg.cholesky_ex(cov)
     f = (L @ z.unsqueeze(-1)).squeeze(-1)
-    failed = torch.nonzero(info, as_tuple=True)  # indices of failed factorizations; one sync
+    bad = info != 0 if not_pd is None else (info != 0) | not_pd
+    failed = torch.nonzero(bad, as_tuple=True)  # indices of the prompts to project; one sync
     if failed[0].numel() > 0:  # the exact eigendecomposition path for just those prompts
         cov_f, lam_f, V_f, _ = gp_covariance(x_all[failed], kernel, jitter)
         cov[failed] = cov_f
         f[failed] = (V_f @ (lam_f.sqrt() * z[failed]).unsqueeze(-1)).squeeze(-1)
-    return f, cov, None
+    return f, cov
 
 
 class GaussianProcessConfig(BaseModel):
@@ -291,7 +288,7 @@ class GaussianProcessTask(EnsembleTask):
             xs = raw_x / raw_x.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(self.dtype).tiny)
         else:
             xs = raw_x / math.sqrt(d)
-        f, cov, lam_min = _draw_f(xs, raw_z, cfg.kernel, cfg.jitter)
+        f, cov = _draw_f(xs, raw_z, cfg.kernel, cfg.jitter)
         ys = f.to(self.dtype) + cfg.noise_std * raw_e
         batch = GaussianProcessBatch(
             x=xs[:, :, :n],
@@ -301,7 +298,4 @@ class GaussianProcessTask(EnsembleTask):
             kernel_matrix=cov.to(self.dtype),
             config=cfg,
         )
-        if lam_min is not None:  # pre-fill the lazy properties' caches (as cached_property does)
-            batch.__dict__["min_eigenvalue"] = lam_min.to(self.dtype)
-            batch.__dict__["psd_violation"] = (-lam_min).clamp_min(0).to(self.dtype)
         return batch
