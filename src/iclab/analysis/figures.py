@@ -95,3 +95,57 @@ def loss_versus(
     ax.set_title(title)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def loss_grid(
+    x: Sequence[float],
+    panels: Sequence[Sequence[Mapping]],
+    path: Path,
+    *,
+    xlabel: str,
+    suptitle: str = "",
+    logy: bool = True,
+    ylabel: str = "test loss",
+) -> Path:
+    """A grid of :func:`loss_versus`-style panels sharing x.
+
+    ``panels[i][j]`` is a mapping with ``title``, ``series`` ({label: (mean, std or None)}) and
+    optionally ``lines`` ({label: value}, dashed horizontal lines such as a Bayes floor).
+    Colors follow the label, so the same series has the same color in every panel.
+    """
+    rows, cols = len(panels), max(len(r) for r in panels)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False)
+    colors: dict[str, str] = {}
+
+    def color(label: str) -> str:
+        return colors.setdefault(label, f"C{len(colors) % 10}")
+
+    for i, row in enumerate(panels):
+        for j in range(cols):
+            ax = axes[i][j]
+            if j >= len(row):
+                ax.axis("off")
+                continue
+            panel = row[j]
+            for label, (mean, std) in panel["series"].items():
+                m = np.asarray(mean, dtype=float)
+                ax.plot(x, m, marker="o", ms=3, color=color(label), label=label)
+                if std is not None:
+                    s = np.asarray(std, dtype=float)
+                    lo = np.maximum(m - s, 1e-12) if logy else m - s
+                    ax.fill_between(x, lo, m + s, color=color(label), alpha=0.2)
+            for label, value in panel.get("lines", {}).items():
+                ax.axhline(value, color=color(label), ls="--", lw=1, label=label)
+            if logy:
+                ax.set_yscale("log")
+            ax.set_title(panel["title"], fontsize=9)
+            ax.set_xticks(list(x))
+            if i == rows - 1:
+                ax.set_xlabel(xlabel)
+            if j == 0:
+                ax.set_ylabel(ylabel)
+            ax.legend(fontsize=6)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -6,6 +6,7 @@ verdict: pass|fail, note}``; every ``iclab reproduce NAME --out DIR`` writes one
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,3 +66,21 @@ def write_report(
         lines += [s, ""]
     atomic_write_text(out / "report.md", "\n".join(lines))
     atomic_write_json(out / "report.json", [r.as_json() for r in rows])
+
+
+def runs_table(runs_dir: Path, preamble: str = "") -> str:
+    """A ``## Runs`` markdown section: steps, wall time and final per-seed test loss of each run
+    folder under ``runs_dir`` (read from its ``run.json`` and ``metrics.jsonl``)."""
+    lines = ["## Runs", ""]
+    if preamble:
+        lines += [preamble, ""]
+    lines += ["| run | steps | wall (s) | final test loss per seed |", "|---|---|---|---|"]
+    for run in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
+        text = (run / "metrics.jsonl").read_text() if (run / "metrics.jsonl").exists() else ""
+        metrics = [json.loads(x) for x in text.splitlines() if x]
+        last = metrics[-1] if metrics else {"step": 0, "test_loss": []}
+        losses = ", ".join(f"{v:.3g}" for v in last["test_loss"])
+        wall = info.get("wall_s", float("nan"))
+        lines.append(f"| {run.name} | {last['step']} | {wall:.1f} | {losses} |")
+    return "\n".join(lines)

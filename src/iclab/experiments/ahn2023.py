@@ -13,7 +13,6 @@ Five parts, each a set of runs in ``OUT/runs/`` (resumable) plus figures in ``OU
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from iclab.analysis import (
     relative_error,
     whiten,
 )
-from iclab.analysis.report import write_report
+from iclab.analysis.report import runs_table, write_report
 from iclab.config import load_config
 from iclab.theory import best_pgd_scalars, optimal_one_layer_loss, preconditioner_optimum
 from iclab.training import TrainResult, train
@@ -110,28 +109,6 @@ def _baselines(res: TrainResult, layers: int, test_size: int) -> dict[str, list[
     pred = ols(test.x, test.y, test.x_query)
     out["OLS"] = (pred.prediction - test.y_query).pow(2).mean(-1).tolist()
     return out
-
-
-def _runs_section(out: Path, quick: bool) -> str:
-    """A table of the runs behind the report: steps, wall time, final per-seed test loss."""
-    lines = ["## Runs", ""]
-    if quick:
-        lines += [
-            "Quick budget: shorter runs and smaller batches than the presets. Rows whose",
-            "thresholds need converged training (distance to identity, loss vs theory) can fail",
-            "here and pass with the full budget (`iclab reproduce ahn2023 --out DIR`).",
-            "",
-        ]
-    lines += ["| run | steps | wall (s) | final test loss per seed |", "|---|---|---|---|"]
-    for run in sorted((out / "runs").iterdir()):
-        info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
-        metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
-        last = metrics[-1] if metrics else {"step": 0, "test_loss": []}
-        losses = ", ".join(f"{v:.3g}" for v in last["test_loss"])
-        lines.append(
-            f"| {run.name} | {last['step']} | {info.get('wall_s', float('nan')):.1f} | {losses} |"
-        )
-    return "\n".join(lines)
 
 
 def reproduce_ahn2023(
@@ -306,6 +283,11 @@ def reproduce_ahn2023(
         figures.loss_versus(x, series_ms, figs / f"{fig}.png", xlabel=xlabel, title=title)
         sections.append(f"## Loss vs {xlabel}\n\n![](figures/{fig}.png)")
 
-    sections.append(_runs_section(out, budget is QUICK))
+    quick_note = (
+        "Quick budget: shorter runs and smaller batches than the presets. Rows whose thresholds "
+        "need converged training (distance to identity, loss vs theory) can fail here and pass "
+        "with the full budget (`iclab reproduce ahn2023 --out DIR`)."
+    )
+    sections.append(runs_table(out / "runs", quick_note if budget is QUICK else ""))
     write_report(out, TITLE + (" (quick)" if quick else ""), rows, sections)
     return rows

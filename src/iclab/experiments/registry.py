@@ -14,10 +14,20 @@ def _ahn2023(out: Path, quick: bool, device: str, progress: bool) -> list[Report
     return reproduce_ahn2023(out, quick=quick, device=device, progress=progress)
 
 
+def _cheng2024(out: Path, quick: bool, device: str, progress: bool) -> list[ReportRow]:
+    from iclab.experiments.cheng2024 import reproduce_cheng2024
+
+    return reproduce_cheng2024(out, quick=quick, device=device, progress=progress)
+
+
 EXPERIMENTS: dict[str, tuple[str, Callable[[Path, bool, str, bool], list[ReportRow]]]] = {
     "ahn2023": (
         "Ahn, Cheng, Daneshmand & Sra (NeurIPS 2023): transformers learn preconditioned GD",
         _ahn2023,
+    ),
+    "cheng2024": (
+        "Cheng, Chen & Sra (ICML 2024): transformers implement functional gradient descent",
+        _cheng2024,
     ),
 }
 
