@@ -260,7 +260,7 @@ class KernelAttention(nn.Module):
                     u = (x * (w @ Mh.transpose(-1, -2)).unsqueeze(-2)).sum(-1)
                 else:
                     S = torch.bmm((x_rows @ Mh).view(E * B, N, d), x_ctx_t)  # (E·B, N, n)
-                    A = _unnormalized(act, S).view(E, B, N, n)
+                    A = (S.exp_() if act == "exp" else _unnormalized(act, S)).view(E, B, N, n)
                     u = (A * r.unsqueeze(-2)).sum(-1)  # (E, B, N)
                     if act == "exp":
                         overflow = overflow | ~torch.isfinite(u).all()
