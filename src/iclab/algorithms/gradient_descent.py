@@ -19,7 +19,13 @@ from collections.abc import Sequence
 
 import torch
 
-from iclab.algorithms.least_squares import Prediction, _check_prompts, _ensemble_compatible
+from iclab.algorithms.conventions import (
+    as_step_sizes,
+    check_prompts,
+    ensemble_compatible,
+    matvec,
+)
+from iclab.algorithms.least_squares import Prediction
 
 __all__ = ["gd_plus_plus", "preconditioned_gd", "sufficient_statistics"]
 
@@ -32,33 +38,9 @@ def sufficient_statistics(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tenso
     return S, b
 
 
-def _matvec(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Batched ``m @ v`` for tiny matrices: (…, d, d) × (…, d) -> (…, d), broadcasting."""
-    return (m * v.unsqueeze(-2)).sum(-1)
-
-
 def _stack(weights: list[torch.Tensor]) -> torch.Tensor:
     """Stack per-step weights (E, B, d) into (E, B, L+1, d), broadcasting the ensemble axis."""
     return torch.stack(torch.broadcast_tensors(*weights), dim=-2)
-
-
-def _step_sizes(
-    step_sizes: torch.Tensor | Sequence[float] | float, ref: torch.Tensor, layers: int | None = None
-) -> torch.Tensor:
-    """Step sizes as an (E or 1, L) tensor on ``ref``'s device and dtype."""
-    t = torch.as_tensor(step_sizes, dtype=ref.dtype, device=ref.device)
-    if t.dim() == 0:
-        t = t.reshape(1)
-    if t.dim() == 1:
-        t = t.unsqueeze(0)
-    if t.dim() != 2 or not _ensemble_compatible(t.shape[0], ref.shape[0]) or t.shape[1] < 1:
-        raise ValueError(
-            f"step_sizes: expected shape (L,) or ({ref.shape[0]}, L) with L >= 1, "
-            f"got {tuple(torch.as_tensor(step_sizes).shape)}"
-        )
-    if layers is not None and t.shape[1] != layers:
-        raise ValueError(f"step_sizes: expected L = {layers} steps, got {t.shape[1]}")
-    return t
 
 
 def _layer_matrices(
@@ -80,7 +62,7 @@ def _layer_matrices(
     if (
         m.dim() != 4
         or m.shape[-2:] != (d, d)
-        or not _ensemble_compatible(m.shape[0], E)
+        or not ensemble_compatible(m.shape[0], E)
         or m.shape[1] not in ((1, layers) if allow_shared else (layers,))
     ):
         expected = (
@@ -121,13 +103,13 @@ def _gd_from_statistics(
     shared = gamma is not None and gamma.shape[1] == 1
     if shared:  # precondition the statistics once: Γ∇R(w) = (ΓS) w − Γ b
         G = gamma[:, 0].unsqueeze(1)  # (E|1, 1, d, d)
-        S, b = G @ S, _matvec(G, b)
+        S, b = G @ S, matvec(G, b)
     w = w0
     trajectory = [w] if return_trajectory else None
     for layer in range(L):
-        grad = _matvec(S, w) - b
+        grad = matvec(S, w) - b
         if gamma is not None and not shared:
-            grad = _matvec(gamma[:, layer].unsqueeze(1), grad)
+            grad = matvec(gamma[:, layer].unsqueeze(1), grad)
         w = w - eta[:, layer] * grad
         if trajectory is not None:
             trajectory.append(w)
@@ -163,8 +145,8 @@ def preconditioned_gd(
     Returns:
         :class:`Prediction` with prediction (E, B), final weights (E, B, d) and optional trajectory.
     """
-    _, d = _check_prompts(x, y, x_query)
-    steps = _step_sizes(step_sizes, x)
+    _, d = check_prompts(x, y, x_query)
+    steps = as_step_sizes(step_sizes, x)
     L = steps.shape[1]
     gamma = (
         None
@@ -218,7 +200,7 @@ def gd_plus_plus(
     Returns:
         :class:`Prediction` with prediction (E, B), weights ``w_L`` (E, B, d), optional trajectory.
     """
-    _, d = _check_prompts(x, y, x_query)
+    _, d = check_prompts(x, y, x_query)
     A = torch.as_tensor(preconditioners)
     if A.dim() not in (3, 4):
         raise ValueError(
@@ -238,11 +220,11 @@ def gd_plus_plus(
     T: torch.Tensor | None = None  # None stands for the identity
     for layer in range(L):
         A_l = A[:, layer].unsqueeze(1)  # (E|1, 1, d, d)
-        grad = _matvec(S0, w) - b0  # ∇R(w) in original coordinates
+        grad = matvec(S0, w) - b0  # ∇R(w) in original coordinates
         if T is None:
-            w = w - _matvec(A_l, grad)
+            w = w - matvec(A_l, grad)
         else:
-            w = w - _matvec(T.transpose(-1, -2), _matvec(A_l, _matvec(T, grad)))
+            w = w - matvec(T.transpose(-1, -2), matvec(A_l, matvec(T, grad)))
         if trajectory is not None:
             trajectory.append(w)
         if Bm is not None and layer < L - 1:

@@ -28,9 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from iclab.algorithms.gradient_descent import _matvec, _step_sizes
-from iclab.algorithms.least_squares import _check_prompts
-from iclab.algorithms.step_size_tuning import _residual_polynomial, multistart_lbfgs
+from iclab.algorithms.conventions import as_step_sizes, check_prompts, matvec
+from iclab.algorithms.step_size_tuning import multistart_lbfgs, residual_polynomial
 from iclab.tasks.gaussian_process import KernelSpec, KernelTerm, as_kernel_terms, kernel_function
 
 __all__ = [
@@ -91,8 +90,8 @@ def functional_gd(
     ``kernel``: a name ('linear', 'relu', 'exp'), a list of kernel terms (as in
     :class:`~iclab.tasks.gaussian_process.GaussianProcessConfig`), or ``'softmax'``.
     """
-    _check_prompts(x, y, x_query)
-    steps = _step_sizes(step_sizes, x)  # (E|1, L)
+    check_prompts(x, y, x_query)
+    steps = as_step_sizes(step_sizes, x)  # (E|1, L)
     W = attention_kernel_weights(x, torch.cat([x, x_query.unsqueeze(-2)], dim=-2), kernel)
     W_ctx, w_q = W[..., :-1, :], W[..., -1, :]
     r = y
@@ -101,7 +100,7 @@ def functional_gd(
     for layer in range(steps.shape[1]):
         eta = steps[:, layer, None]  # (E|1, 1)
         f = f + eta * (w_q * r).sum(-1)
-        r = r - eta.unsqueeze(-1) * _matvec(W_ctx, r)
+        r = r - eta.unsqueeze(-1) * matvec(W_ctx, r)
         if traj is not None:
             traj.append(f)
     return FunctionalGDResult(
@@ -159,7 +158,7 @@ def tune_functional_gd_steps(
     largest eigenvalue), plus ``init``; the best is kept (per member if ``per_ensemble``).
     Tune on held-out prompts; the tuning loss is optimistically biased by O(L/B).
     """
-    _check_prompts(x, y, x_query)
+    check_prompts(x, y, x_query)
     if y_query.shape != x_query.shape[:-1]:
         raise ValueError(
             f"y_query: expected shape {tuple(x_query.shape[:-1])}, got {tuple(y_query.shape)}"
@@ -187,19 +186,19 @@ def tune_functional_gd_steps(
     base = (1 / hi).unsqueeze(-1).expand(E, layers)
     guesses += [base * spread, 0.3 * base * spread]
     if init is not None:
-        guesses.append(_step_sizes(init, x, layers).expand(E, layers))
+        guesses.append(as_step_sizes(init, x, layers).expand(E, layers))
     guesses = [g.expand(E, layers).clone() for g in guesses]
 
     # exact reduction: prediction = Σ_k α_k(η) m_k, loss = ‖R [α; −1]‖² / B
     features, v = [], y
     for _ in range(layers):
         features.append((w_q * v).sum(-1))
-        v = _matvec(W_ctx, v)
+        v = matvec(W_ctx, v)
     R = torch.linalg.qr(torch.stack([*features, y_query], dim=-1), mode="r").R
 
     def objective(steps: torch.Tensor) -> torch.Tensor:
-        z = torch.cat([_residual_polynomial(steps), -torch.ones_like(steps[:, :1])], dim=-1)
-        r = _matvec(R, z)
+        z = torch.cat([residual_polynomial(steps), -torch.ones_like(steps[:, :1])], dim=-1)
+        r = matvec(R, z)
         return ((r * r).sum(-1) / B).expand(E)
 
     def member_losses(steps: torch.Tensor) -> torch.Tensor:

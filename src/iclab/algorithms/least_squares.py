@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from iclab.algorithms.conventions import check_prompts, ensemble_compatible
+
 __all__ = ["Prediction", "bayes_posterior_mean", "ols", "ridge"]
 
 
@@ -47,36 +49,13 @@ class Prediction:
 
 
 # ------------------------------------------------------------------------------ shared helpers
-def _check_prompts(x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> tuple[int, int]:
-    """Validate prompt shapes; return ``(n, d)``."""
-    if x.dim() != 4:
-        raise ValueError(f"x: expected shape (E, B, n, d), got {tuple(x.shape)}")
-    E, B, n, d = x.shape
-    if y.shape != (E, B, n):
-        raise ValueError(f"y: expected shape {(E, B, n)} to match x, got {tuple(y.shape)}")
-    if x_query.shape != (E, B, d):
-        raise ValueError(
-            f"x_query: expected shape {(E, B, d)} to match x, got {tuple(x_query.shape)}"
-        )
-    if not x.is_floating_point():
-        raise TypeError(f"x: expected a floating-point tensor, got {x.dtype}")
-    if y.dtype != x.dtype or x_query.dtype != x.dtype:
-        raise TypeError("x, y, x_query: must share one dtype")
-    return n, d
-
-
-def _ensemble_compatible(param_size: int, data_size: int) -> bool:
-    """A parameter's ensemble axis broadcasts against the data's: equal, or either one is 1."""
-    return param_size == data_size or param_size == 1 or data_size == 1
-
-
 def _per_ensemble(
     name: str, value: float | torch.Tensor, ref: torch.Tensor, *, nonnegative: bool = True
 ) -> torch.Tensor:
     """A scalar or (E,)-tensor parameter on ``ref``'s device/dtype, shape () or (E, 1, 1)."""
     t = torch.as_tensor(value, dtype=ref.dtype, device=ref.device)
     if t.dim() == 1:
-        if not _ensemble_compatible(t.shape[0], ref.shape[0]):
+        if not ensemble_compatible(t.shape[0], ref.shape[0]):
             raise ValueError(
                 f"{name}: expected a scalar or shape ({ref.shape[0]},), got {tuple(t.shape)}"
             )
@@ -95,7 +74,7 @@ def _ensemble_matrix(name: str, m: torch.Tensor, ref: torch.Tensor, d: int) -> t
     m = torch.as_tensor(m, dtype=ref.dtype, device=ref.device)
     if m.dim() == 2:
         m = m.unsqueeze(0)
-    if m.dim() != 3 or m.shape[-2:] != (d, d) or not _ensemble_compatible(m.shape[0], ref.shape[0]):
+    if m.dim() != 3 or m.shape[-2:] != (d, d) or not ensemble_compatible(m.shape[0], ref.shape[0]):
         raise ValueError(
             f"{name}: expected shape ({d}, {d}) or ({ref.shape[0]}, {d}, {d}), got {tuple(m.shape)}"
         )
@@ -154,7 +133,7 @@ def ols(
     Returns:
         :class:`Prediction` with prediction (E, B) and weights (E, B, d).
     """
-    n, d = _check_prompts(x, y, x_query)
+    n, d = check_prompts(x, y, x_query)
     rcond = _default_rcond(n, d, x.dtype) if rcond is None else rcond
     return _predict(_spectral_solve(x, y, 0.0, rcond), x_query)
 
@@ -182,7 +161,7 @@ def ridge(
     Returns:
         :class:`Prediction` with prediction (E, B) and weights (E, B, d).
     """
-    n, d = _check_prompts(x, y, x_query)
+    n, d = check_prompts(x, y, x_query)
     lam_t = _per_ensemble("lam", lam, x)
     rcond = _default_rcond(n, d, x.dtype) if rcond is None else rcond
     return _predict(_spectral_solve(x, y, lam_t, rcond), x_query)
@@ -227,7 +206,7 @@ def bayes_posterior_mean(
     Returns:
         :class:`Prediction` with prediction (E, B) and weights (E, B, d).
     """
-    n, d = _check_prompts(x, y, x_query)
+    n, d = check_prompts(x, y, x_query)
     sigma = _per_ensemble("noise_std", noise_std, x)
     root = _psd_sqrt(_ensemble_matrix("weight_covariance", weight_covariance, x, d))  # (E|1,1,d,d)
     rcond = _default_rcond(n, d, x.dtype) if rcond is None else rcond

@@ -26,17 +26,16 @@ from dataclasses import dataclass
 
 import torch
 
+from iclab.algorithms.conventions import as_step_sizes, check_prompts, matvec
 from iclab.algorithms.gradient_descent import (
     _gd_from_statistics,
     _layer_matrices,
-    _matvec,
-    _step_sizes,
     preconditioned_gd,
     sufficient_statistics,
 )
-from iclab.algorithms.least_squares import Prediction, _check_prompts
+from iclab.algorithms.least_squares import Prediction
 
-__all__ = ["TunedSteps", "tune_gd_step_sizes"]
+__all__ = ["TunedSteps", "multistart_lbfgs", "residual_polynomial", "tune_gd_step_sizes"]
 
 # Per-step preconditioners: up to this many steps the loss is reduced exactly to 2^L features.
 _MAX_MULTIAFFINE_LAYERS = 8
@@ -100,7 +99,7 @@ def _initial_guesses(
     return [g.expand(E_out, layers).clone() for g in guesses]
 
 
-def _residual_polynomial(steps: torch.Tensor) -> torch.Tensor:
+def residual_polynomial(steps: torch.Tensor) -> torch.Tensor:
     """Coefficients α (E, L) of ``q(t) = (1 − Π_ℓ (1 − η_ℓ t)) / t = Σ_k α_k t^k``."""
     coeffs = [torch.ones_like(steps[:, 0])]  # Π (1 − η t), lowest degree first
     for layer in range(steps.shape[1]):
@@ -149,7 +148,7 @@ def tune_gd_step_sizes(
     Returns:
         :class:`TunedSteps`.
     """
-    n, d = _check_prompts(x, y, x_query)
+    n, d = check_prompts(x, y, x_query)
     if y_query.shape != x_query.shape[:-1]:
         raise ValueError(
             f"y_query: expected shape {tuple(x_query.shape[:-1])}, got {tuple(y_query.shape)}"
@@ -167,12 +166,12 @@ def tune_gd_step_sizes(
     E_out = max(x.shape[0], 1 if gamma is None else gamma.shape[0])
     guesses = _initial_guesses(S, gamma, layers, n, E_out)
     if init is not None:
-        guesses.append(_step_sizes(init, x_query.expand(E_out, -1, -1), layers).expand(E_out, -1))
+        guesses.append(as_step_sizes(init, x_query.expand(E_out, -1, -1), layers).expand(E_out, -1))
 
     # Precondition the statistics once when Γ is shared by all steps: Γ∇R = (ΓS) w − Γb.
     if gamma is not None and gamma.shape[1] == 1:
         G = gamma[:, 0].unsqueeze(1)
-        S, b, gamma_loop = G @ S, _matvec(G, b), None
+        S, b, gamma_loop = G @ S, matvec(G, b), None
     else:
         gamma_loop = gamma
     w0 = torch.zeros_like(b)
@@ -194,19 +193,19 @@ def tune_gd_step_sizes(
         features, v = [], b
         for _ in range(layers):
             features.append((v * x_query).sum(-1))
-            v = _matvec(S, v)
-        coefficients = _residual_polynomial
+            v = matvec(S, v)
+        coefficients = residual_polynomial
     elif layers <= _MAX_MULTIAFFINE_LAYERS:
         # Per-step Γ_ℓ: w_L is multi-affine in η, w_L = Σ_T (Π_{ℓ∈T} η_ℓ) v_T over non-empty
         # subsets T = {t_1 < … < t_k} of the steps, v_T = (−H_{t_k}) ⋯ (−H_{t_2}) c_{t_1} with
         # H_ℓ = Γ_ℓ S, c_ℓ = Γ_ℓ b; the features are m_T = x_qᵀ v_T (2^L − 1 of them).
         H = [gamma_loop[:, k].unsqueeze(1) @ S for k in range(layers)]
-        c = [_matvec(gamma_loop[:, k].unsqueeze(1), b) for k in range(layers)]
+        c = [matvec(gamma_loop[:, k].unsqueeze(1), b) for k in range(layers)]
         vs: list[torch.Tensor] = [b]  # index = subset bitmask; entry 0 unused
         for mask in range(1, 2**layers):
             top = mask.bit_length() - 1
             rest = mask ^ (1 << top)
-            vs.append(c[top] if rest == 0 else -_matvec(H[top], vs[rest]))
+            vs.append(c[top] if rest == 0 else -matvec(H[top], vs[rest]))
         features = [(v * x_query).sum(-1) for v in vs[1:]]
         bits = torch.tensor(
             [[(mask >> k) & 1 for k in range(layers)] for mask in range(1, 2**layers)],
@@ -225,7 +224,7 @@ def tune_gd_step_sizes(
 
         def objective(steps: torch.Tensor) -> torch.Tensor:
             z = torch.cat([coefficients(steps), -torch.ones_like(steps[:, :1])], dim=-1)
-            r = _matvec(R, z)
+            r = matvec(R, z)
             return ((r * r).sum(-1) / B).expand(E_out)
 
     else:

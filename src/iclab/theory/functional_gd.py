@@ -36,7 +36,7 @@ from typing import Literal
 
 import torch
 
-from iclab.algorithms.least_squares import _check_prompts
+from iclab.algorithms.conventions import check_prompts
 from iclab.tasks.gaussian_process import KernelSpec, gp_covariance, kernel_function
 
 __all__ = ["functional_gd_weights", "gp_expected_loss", "gp_posterior_mean", "kernel_ridge"]
@@ -128,7 +128,7 @@ def gp_posterior_mean(
     ``jitter`` as in :class:`~iclab.tasks.gaussian_process.GaussianProcessConfig`. Returned in
     x's dtype.
     """
-    _check_prompts(x, y, x_query)
+    check_prompts(x, y, x_query)
     A, kq, _ = _joint(x, x_query, kernel, noise_std, jitter)
     alpha = _solve_psd(A, y.to(torch.float64).unsqueeze(-1)).squeeze(-1)
     return (kq * alpha).sum(-1).to(x.dtype)
@@ -165,7 +165,7 @@ def kernel_ridge(
     posterior mean for a PSD kernel with jitter 0). Computed in float64 with ``linalg.solve``
     (the raw relu kernel may be indefinite: no projection here). Returned in x's dtype.
     """
-    n, _ = _check_prompts(x, y, x_query)
+    n, _ = check_prompts(x, y, x_query)
     if not lam >= 0:
         raise ValueError(f"lam: must be >= 0, got {lam}")
     x64, xq = x.to(torch.float64), x_query.to(torch.float64)
