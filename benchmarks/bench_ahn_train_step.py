@@ -11,35 +11,16 @@ and reports the wall time to reach a test loss of 1e-3.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 from naive_lsa import NaiveLSA, naive_train_step
+from timing import time_steps
 
 from iclab.config import make_config
 from iclab.device import resolve_device
 from iclab.seeding import make_generator
 from iclab.training.optim import build_optimizer
 from iclab.training.trainer import build_model, build_task, mse_per_member
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_steps(step, repeats: int, device: torch.device, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def bench_iclab(seeds: int, compile_: bool, args, device) -> float:

@@ -24,11 +24,11 @@ default) verifies in float64 on a small batch that the naive model computes the 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
-from naive_kernel_attention import ACTIVATIONS, NaiveKernelAttention, naive_train_step
+from naive_kernel_attention import ACTIVATIONS, NaiveKernelAttention
+from naive_lsa import naive_train_step
+from timing import time_steps
 
 from iclab.config import make_config
 from iclab.device import resolve_device
@@ -39,24 +39,6 @@ from iclab.training.trainer import build_model, build_task, mse_per_member
 
 SEEDS = (1, 3)
 CHECK_TOL = 1e-10
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_steps(step, repeats: int, device: torch.device, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def _config(seeds: int, heads: list[str], args, device) -> object:

@@ -87,12 +87,3 @@ class NaiveKernelAttention(torch.nn.Module):
                 update = update + torch.einsum("bmj,bjc->bmc", A, values)
             Z = Z + update
         return -Z[:, -1, -1]
-
-
-def naive_train_step(models, optimizers, tokens, targets) -> None:
-    """One step for every seed, looping over seeds in Python."""
-    for model, opt, tok, y in zip(models, optimizers, tokens, targets):
-        loss = (model(tok) - y).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()

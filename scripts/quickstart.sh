@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
-# Install iclab (CPU torch pinned by constraints.txt) and run the quick Ahn et al. reproduction:
-# figures and a report (report.md, report.json) in runs/ahn2023-quick (about 10 min on 2 cores).
+# Install iclab (CPU torch pinned by constraints.txt) and run the quick reproductions of every
+# paper iclab implements: figures and a report (report.md, report.json) per paper in
+# OUT/<paper> (OUT defaults to runs/quick). About 6 min (ahn2023) + 5 min (cheng2024) on 2 cores.
+#   bash scripts/quickstart.sh [OUT] [PAPER ...]     e.g. bash scripts/quickstart.sh runs/q cheng2024
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install --quiet -c constraints.txt -e .
-iclab reproduce ahn2023 --quick --out "${1:-runs/ahn2023-quick}"
+out="${1:-runs/quick}"
+shift || true
+papers=("$@")
+if [ ${#papers[@]} -eq 0 ]; then
+  papers=(ahn2023 cheng2024)
+fi
+for paper in "${papers[@]}"; do
+  iclab reproduce "$paper" --quick --out "$out/$paper"
+done

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from iclab.analysis.metrics import mean_std
 from iclab.training.checkpoint import atomic_write_json, atomic_write_text
 
 
@@ -36,6 +37,12 @@ class ReportRow:
             trained_std=clean(self.trained_std),
         )
         return d
+
+
+def report_row(quantity: str, theory: float | None, values, ok: bool, note: str = "") -> ReportRow:
+    """A row from per-seed ``values`` (mean ± sample std) and a pass/fail decision."""
+    m, s = mean_std(values)
+    return ReportRow(quantity, theory, m, s, len(values), "pass" if ok else "fail", note)
 
 
 def _fmt(v: float | None) -> str:

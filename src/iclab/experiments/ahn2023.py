@@ -28,7 +28,7 @@ from iclab.analysis import (
     relative_error,
     whiten,
 )
-from iclab.analysis.report import runs_table, write_report
+from iclab.analysis.report import report_row, runs_table, write_report
 from iclab.config import load_config
 from iclab.theory import best_pgd_scalars, optimal_one_layer_loss, preconditioner_optimum
 from iclab.training import TrainResult, train
@@ -85,11 +85,6 @@ def _train(
 
 def _per_seed_test_loss(res: TrainResult) -> list[float]:
     return res.metrics[-1]["test_loss"]
-
-
-def _row(quantity: str, theory: float | None, values, ok: bool, note: str = "") -> ReportRow:
-    m, s = mean_std(values)
-    return ReportRow(quantity, theory, m, s, len(values), "pass" if ok else "fail", note)
 
 
 def _baselines(res: TrainResult, layers: int, test_size: int) -> dict[str, list[float]]:
@@ -152,7 +147,7 @@ def reproduce_ahn2023(
             for v, fs in zip(loss, torch.as_tensor(f_star).expand(len(loss)).tolist())
         ]
         rows.append(
-            _row(
+            report_row(
                 f"1-layer test loss, Σ={cov} (theory f*)",
                 f_mean,
                 loss,
@@ -161,7 +156,9 @@ def reproduce_ahn2023(
             )
         )
         rows.append(
-            _row(f"1-layer ‖A − A*‖_F/‖A*‖_F, Σ={cov}", 0.0, err, max(err) < 0.05, "pass < 5%")
+            report_row(
+                f"1-layer ‖A − A*‖_F/‖A*‖_F, Σ={cov}", 0.0, err, max(err) < 0.05, "pass < 5%"
+            )
         )
         figures.matrix_heatmaps(
             [learned[0], a_star[0], learned[0] - a_star[0]],
@@ -191,7 +188,7 @@ def reproduce_ahn2023(
         worst = dist.max(dim=1).values.tolist()
         label = "Σ^{1/2}A_ℓΣ^{1/2}, B_ℓ" if cov == "rotated" else "A_ℓ, B_ℓ"
         rows.append(
-            _row(
+            report_row(
                 f"max distance to identity of {label} (Σ={cov}, L=3)",
                 0.0,
                 worst,
@@ -205,7 +202,7 @@ def reproduce_ahn2023(
         loss = _per_seed_test_loss(res)
         ok = mean_std(loss)[0] <= 1.5 * theory.loss
         rows.append(
-            _row(
+            report_row(
                 f"3-layer test loss, Σ={cov} (theory: best PGD-class loss)",
                 theory.loss,
                 loss,
@@ -216,7 +213,7 @@ def reproduce_ahn2023(
         if cov == "rotated":
             logs = [float(torch.log(torch.tensor(v))) for v in loss]
             rows.append(
-                _row(
+                report_row(
                     "final log test loss, rotated Σ, L=3",
                     float(torch.log(torch.tensor(theory.loss))),
                     logs,
@@ -268,7 +265,7 @@ def reproduce_ahn2023(
             series.setdefault("best PGD class (theory)", []).append((theory.loss, 0.0))
             gd, pgd, ls = (mean_std(base[k])[0] for k in ("GD", "PGD (Σ⁻¹)", "OLS"))
             rows.append(
-                _row(
+                report_row(
                     f"loss vs {label}: L={L}, n={n}, trained LSA (theory: best PGD class)",
                     theory.loss,
                     lsa,

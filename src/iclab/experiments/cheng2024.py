@@ -28,7 +28,7 @@ import torch
 
 from iclab.algorithms import tune_functional_gd_steps
 from iclab.analysis import ReportRow, alignment, figures, mean_std
-from iclab.analysis.report import runs_table, write_report
+from iclab.analysis.report import report_row, runs_table, write_report
 from iclab.config import load_config
 from iclab.tasks.gaussian_process import GaussianProcessConfig, GaussianProcessTask
 from iclab.theory import gp_expected_loss
@@ -90,11 +90,6 @@ def _train(
 
 def _test_loss(res: TrainResult) -> list[float]:
     return list(res.metrics[-1]["test_loss"])
-
-
-def _row(quantity: str, theory: float | None, values, ok: bool, note: str = "") -> ReportRow:
-    m, s = mean_std(values)
-    return ReportRow(quantity, theory, m, s, len(values), "pass" if ok else "fail", note)
 
 
 def _predictor(model: torch.nn.Module):
@@ -175,7 +170,7 @@ def reproduce_cheng2024(
         winner = single[0]
         ranking = ", ".join(f"{a} {final[a][0]:.4g} ± {final[a][1]:.2g}" for a in single)
         rows.append(
-            _row(
+            report_row(
                 f"{kernel} kernel: best single-head activation at L={deepest} (theory: Bayes)",
                 bayes_mean,
                 loss[winner][deepest],
@@ -192,7 +187,7 @@ def reproduce_cheng2024(
             "below both" if two < lo[0] - tol else "above both" if two > hi[0] + tol else "between"
         )
         rows.append(
-            _row(
+            report_row(
                 f"{kernel} kernel: two-head exp+linear at L={deepest} (theory: Bayes)",
                 bayes_mean,
                 loss[TWO_HEAD][deepest],
@@ -205,7 +200,7 @@ def reproduce_cheng2024(
             f_mean = mean_std(fgd[act][deepest])[0]
             t_mean = final[act][0]
             rows.append(
-                _row(
+                report_row(
                     f"{kernel} kernel, {act} attention, L={deepest} (theory: tuned {deepest}-step "
                     f"functional GD, {act} kernel)",
                     f_mean,
@@ -246,7 +241,7 @@ def reproduce_cheng2024(
                     if deepest == L:
                         rel = (al.prediction_difference / p.y_query.pow(2).mean(-1)).tolist()
                         rows.append(
-                            _row(
+                            report_row(
                                 f"{kernel} kernel, {act} attention, L={deepest}: cosine of ∂ŷ/∂x_q "
                                 f"with functional GD, {label}",
                                 1.0,
