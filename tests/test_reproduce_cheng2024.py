@@ -76,3 +76,23 @@ def test_bad_input_fails_before_any_work_naming_the_field(override, field, tmp_p
     with pytest.raises(ConfigError) as err:
         load_config("cheng2024_exp_kernel", [override])
     assert field in str(err.value)
+
+
+def test_cli_theory_functional_gd_table_and_bad_options(capsys):
+    from iclab.cli import main
+
+    args = ["theory", "functional-gd", "--kernel", "relu", "--depths", "1,3", "--prompts", "300"]
+    assert main([*args, "--activations", "relu,linear"]) == 0
+    out = capsys.readouterr().out
+    assert "Bayes (GP posterior mean)" in out and "L=3" in out
+    rows = {ln.split()[0]: [float(v) for v in ln.split()[1:]] for ln in out.splitlines()[-2:]}
+    assert set(rows) == {"relu", "linear"}
+    assert rows["relu"][1] < rows["linear"][1]  # matched kernel wins on relu data at L=3
+    for bad, field in (
+        (["--kernel", "rbf"], "kernel"),
+        (["--activations", "tanh"], "--activations"),
+        (["--n", "0"], "n"),
+        (["--depths", "0"], "--depths"),
+    ):
+        assert main(["theory", "functional-gd", *bad]) == 2
+        assert field in capsys.readouterr().err

@@ -105,6 +105,9 @@ def _cmd_theory(args: argparse.Namespace) -> int:
     from iclab.theory import best_pgd_scalars, optimal_one_layer_loss, preconditioner_optimum
 
     torch.set_printoptions(precision=5, sci_mode=False)
+    if args.what == "functional-gd":
+        return _theory_functional_gd(args)
+    args.n = 20 if args.n is None else args.n
     if args.what == "one-layer":
         cfg = LinearRegressionConfig(
             d=args.d,
@@ -126,6 +129,57 @@ def _cmd_theory(args: argparse.Namespace) -> int:
             args.layers, args.d, args.n, args.noise, sparse=args.what == "sparse-scalars"
         )
         print(r)
+    return 0
+
+
+def _theory_functional_gd(args: argparse.Namespace) -> int:
+    import torch
+    from pydantic import ValidationError
+
+    from iclab.algorithms import tune_functional_gd_steps
+    from iclab.config import format_validation_error
+    from iclab.tasks import GaussianProcessConfig, GaussianProcessTask
+    from iclab.theory import gp_expected_loss
+
+    allowed = ("linear", "relu", "exp", "softmax")
+    acts = [a.strip() for a in args.activations.split(",") if a.strip()]
+    for a in acts:
+        if a not in allowed:
+            raise ValueError(f"--activations: unknown {a!r}; allowed: {', '.join(allowed)}")
+    try:
+        depths = [int(v) for v in args.depths.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"--depths: expected a comma list of integers, got {args.depths!r}"
+        ) from None
+    if not depths or min(depths) < 1:
+        raise ValueError(f"--depths: every L must be >= 1, got {args.depths!r}")
+    if args.prompts < 1:
+        raise ValueError(f"--prompts: must be >= 1, got {args.prompts}")
+    try:
+        cfg = GaussianProcessConfig(
+            d=args.d, n=8 if args.n is None else args.n, kernel=args.kernel, noise_std=args.noise
+        )
+    except ValidationError as err:  # name the option: --kernel, --d, --n, --noise
+        raise ConfigError(format_validation_error(err).replace("kernel.0.name", "kernel")) from None
+    task = GaussianProcessTask(cfg, seeds=[args.seed], dtype=torch.float64)
+    tune = task.sample(args.prompts, "tune")
+    test = task.sample(args.prompts, "test")
+    bayes = gp_expected_loss(test.x, test.x_query, cfg.kernel, cfg.noise_std, cfg.jitter)
+    print(
+        f"data kernel {args.kernel}, d={cfg.d}, n={cfg.n}, σ={cfg.noise_std}, "
+        f"{args.prompts} test prompts: E[y_q²] = {test.y_query.pow(2).mean().item():.4g}, "
+        f"Bayes (GP posterior mean) = {bayes.mean().item():.4g}"
+    )
+    print("tuned L-step functional GD (Q = K = I), test loss:")
+    print(f"{'activation':>10s} " + " ".join(f"{'L=' + str(L):>9s}" for L in depths))
+    for act in acts:
+        losses = []
+        for L in depths:
+            tuned = tune_functional_gd_steps(tune.x, tune.y, tune.x_query, tune.y_query, act, L)
+            pred = tuned.predict(test.x, test.y, test.x_query).prediction
+            losses.append((pred - test.y_query).pow(2).mean().item())
+        print(f"{act:>10s} " + " ".join(f"{v:9.4g}" for v in losses))
     return 0
 
 
@@ -194,13 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "theory",
-        help="closed-form theory of Ahn et al. (2023)",
+        help="closed-form theory: Ahn et al. (2023), Cheng et al. (2024)",
         description="one-layer: A* and f* of Theorem 1. pgd-scalars / sparse-scalars: "
-        "best a_ℓ (and b_ℓ) inside the class of Theorems 3–4 (Σ_w = Σ⁻¹).",
+        "best a_ℓ (and b_ℓ) inside the class of Theorems 3–4 (Σ_w = Σ⁻¹). functional-gd: "
+        "test loss of L-step functional GD per activation kernel (steps tuned on held-out "
+        "prompts, float64) on GP prompts, with the Bayes (GP posterior mean) floor.",
     )
-    s.add_argument("what", choices=["one-layer", "pgd-scalars", "sparse-scalars"])
+    s.add_argument("what", choices=["one-layer", "pgd-scalars", "sparse-scalars", "functional-gd"])
     s.add_argument("--d", type=int, default=5, help="input dimension (default 5)")
-    s.add_argument("--n", type=int, default=20, help="context examples (default 20)")
+    s.add_argument(
+        "--n", type=int, default=None, help="context examples (default 20; functional-gd: 8)"
+    )
     s.add_argument("--layers", type=int, default=3, help="layers for *-scalars (default 3)")
     s.add_argument(
         "--covariance", default="identity", choices=["identity", "rotated"], help="Σ (one-layer)"
@@ -212,7 +270,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="Σ_w (one-layer)",
     )
     s.add_argument("--noise", type=float, default=0.0, help="label noise σ (default 0)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the rotation (one-layer, rotated)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the rotation / of the GP prompts")
+    s.add_argument(
+        "--kernel", default="exp", help="functional-gd: data kernel, linear | relu | exp"
+    )
+    s.add_argument(
+        "--activations",
+        default="linear,relu,exp,softmax",
+        help="functional-gd: comma list of attention kernels (default all four)",
+    )
+    s.add_argument(
+        "--depths", default="1,3,5,7", help="functional-gd: comma list of L (default 1,3,5,7)"
+    )
+    s.add_argument(
+        "--prompts", type=int, default=4000, help="functional-gd: tuning and test prompts"
+    )
     s.set_defaults(func=_cmd_theory)
     return p
 
