@@ -26,6 +26,7 @@ from iclab.models import LSAConfig
 from iclab.models.kernel_attention import KernelAttentionConfig
 from iclab.tasks import LinearRegressionConfig
 from iclab.tasks.gaussian_process import GaussianProcessConfig
+from iclab.tasks.markov_chain import MarkovChainConfig
 
 
 def _kind(default: str):
@@ -39,7 +40,8 @@ def _kind(default: str):
 
 TaskConfig = Annotated[
     Annotated[LinearRegressionConfig, Tag("linear_regression")]
-    | Annotated[GaussianProcessConfig, Tag("gaussian_process")],
+    | Annotated[GaussianProcessConfig, Tag("gaussian_process")]
+    | Annotated[MarkovChainConfig, Tag("markov_chain")],
     Discriminator(_kind("linear_regression")),
 ]
 ModelConfig = Annotated[
@@ -121,7 +123,8 @@ class RunConfig(BaseModel):
     dtype: Literal["float32", "float64"] = Field("float32", description="working precision")
     task: TaskConfig = Field(
         default_factory=LinearRegressionConfig,
-        description="the ICL task; 'kind' picks it: linear_regression (default), gaussian_process",
+        description="the ICL task; 'kind' picks it: linear_regression (default), gaussian_process, "
+        "markov_chain",
     )
     model: ModelConfig = Field(
         default_factory=LSAConfig,
@@ -137,7 +140,13 @@ class RunConfig(BaseModel):
         return self.model_dump(mode="json")
 
 
-_UNION_TAGS = {"linear_regression", "gaussian_process", "lsa", "kernel_attention"}
+_UNION_TAGS = {
+    "linear_regression",
+    "gaussian_process",
+    "markov_chain",
+    "lsa",
+    "kernel_attention",
+}
 
 
 def format_validation_error(err: ValidationError) -> str:

@@ -14,6 +14,7 @@ from iclab.tasks.linear_regression import (
     LinearRegressionTask,
     rotated_covariance,
 )
+from iclab.tasks.markov_chain import MarkovChainBatch, MarkovChainConfig, MarkovChainTask
 
 __all__ = [
     "GaussianProcessBatch",
@@ -23,6 +24,9 @@ __all__ = [
     "LinearRegressionBatch",
     "LinearRegressionConfig",
     "LinearRegressionTask",
+    "MarkovChainBatch",
+    "MarkovChainConfig",
+    "MarkovChainTask",
     "gp_covariance",
     "kernel_function",
     "rotated_covariance",

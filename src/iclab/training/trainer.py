@@ -31,6 +31,7 @@ from iclab.models import LinearSelfAttention
 from iclab.models.kernel_attention import KernelAttention
 from iclab.tasks import LinearRegressionTask
 from iclab.tasks.gaussian_process import GaussianProcessTask
+from iclab.tasks.markov_chain import MarkovChainTask
 from iclab.training import checkpoint as io
 from iclab.training.optim import build_optimizer, clip_gradients, lr_factor
 
@@ -59,6 +60,8 @@ def build_task(config: RunConfig, device: torch.device, dtype: torch.dtype) -> A
     """The task sampler named by ``config.task.kind`` for the run's seeds."""
     if config.task.kind == "gaussian_process":
         return GaussianProcessTask(config.task, config.seeds, device=device, dtype=dtype)
+    if config.task.kind == "markov_chain":
+        return MarkovChainTask(config.task, config.seeds, device=device, dtype=dtype)
     return LinearRegressionTask(config.task, config.seeds, device=device, dtype=dtype)
 
 
