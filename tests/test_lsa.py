@@ -161,3 +161,42 @@ def test_set_pgd_without_b_zeroes_the_covariate_maps():
     model.set_pgd(torch.eye(3, dtype=torch.float64).expand(1, 3, 1, 3, 3))
     assert torch.all(model.B == 0)
     torch.testing.assert_close(model.A, torch.eye(3, dtype=torch.float64).expand_as(model.A))
+
+
+def test_label_row_parametrization_is_dings_one_layer_form():
+    """One label_row layer predicts bᵀ G A x_q (positive readout); it equals a full model with
+    the same P, Q, and multi-layer label_row models never move the covariates."""
+    torch.manual_seed(0)
+    d, n, E, B = 3, 7, 2, 5
+    x = torch.randn(E, B, n, d, dtype=torch.float64)
+    y = torch.randn(E, B, n, dtype=torch.float64)
+    xq = torch.randn(E, B, d, dtype=torch.float64)
+    cfg = LSAConfig(layers=1, parametrization="label_row", readout="positive", init_std=0.3)
+    model = LinearSelfAttention(d, cfg, [0, 1], dtype=torch.float64)
+    b = model.value_row[:, 0, 0]  # (E, d+1)
+    A = model.query_columns[:, 0, 0]  # (E, d+1, d)
+    z = torch.cat([x, y.unsqueeze(-1)], -1)
+    G = z.transpose(-1, -2) @ z / n  # (E, B, d+1, d+1)
+    direct = torch.einsum("ei,ebik,ekj,ebj->eb", b, G, A, xq)
+    torch.testing.assert_close(model(x, y, xq), direct, rtol=1e-12, atol=1e-12)
+    full = LinearSelfAttention(
+        d, LSAConfig(layers=1, parametrization="full", readout="positive"), [0, 1],
+        dtype=torch.float64,
+    )  # fmt: skip
+    P, Q = model.matrices()
+    full.set_matrices(P.detach(), Q.detach())
+    torch.testing.assert_close(full(x, y, xq), direct, rtol=1e-12, atol=1e-12)
+    deep = LinearSelfAttention(
+        d, LSAConfig(layers=3, parametrization="label_row", readout="positive", init_std=0.3),
+        [0, 1], dtype=torch.float64,
+    )  # fmt: skip
+    tokens = torch.cat([z, torch.cat([xq, torch.zeros_like(xq[..., :1])], -1).unsqueeze(-2)], -2)
+    stream = deep.forward_tokens(tokens)
+    for Z in stream:
+        torch.testing.assert_close(Z[..., :d], tokens[..., :d], rtol=0, atol=0)
+    torch.testing.assert_close(deep.predict_tokens(tokens), stream[-1][..., -1, d])
+    assert torch.all(deep.covariate_transforms() == 0)
+    with pytest.raises(ValueError, match="label_row"):
+        deep.set_pgd(torch.eye(d))
+    deep.set_label_row(torch.ones(d + 1), torch.zeros(d + 1, d))
+    assert torch.all(deep.value_row == 1) and torch.all(deep.query_columns == 0)

@@ -24,6 +24,15 @@ Parametrizations:
 - ``full``: ``P``, ``Q`` unconstrained.
 - ``pgd``: ``P = [[B, 0], [0, 1]]``, ``Q = [[s·Aᵀ, 0], [0, 0]]`` with trainable ``A``, ``B``.
 - ``sparse_pgd``: as ``pgd`` with ``B = 0``: L layers are exactly L preconditioned GD steps.
+- ``label_row`` (Ding et al.): only the last row ``b`` of ``P`` (``value_row``, d+1 entries) and
+  the first d columns ``A`` of ``Q`` (``query_columns``, (d+1)×d) are trainable, the rest is 0.
+  Only label slots move and the query's zero label never enters a score, so one layer predicts
+  ``ŷ = s · bᵀ G A x_q`` with ``G = (1/n) Σ_i z_i z_iᵀ`` — the sparse one-layer form whose
+  reparametrization :mod:`iclab.theory.markov_one_layer` studies. One ``full`` layer has the same
+  function class (its other entries of P and Q never reach the query's label slot). For L > 1
+  it is iclab's reading of the paper's multi-layer subspace (science.md does not spell out its
+  Eq. 11): every layer moves the label slots only, ``y_m ← y_m + b_ℓᵀ G_ℓ A_ℓ x_m`` for every
+  token m with the current context Gram matrix ``G_ℓ``, and the covariates stay fixed.
 
 All parameters carry leading dims ``(E, L, H, …)``: ensemble member, layer, head. Heads add.
 """
@@ -40,7 +49,7 @@ from torch import nn
 
 from iclab.models.ensemble import init_ensemble_
 
-Parametrization = Literal["full", "pgd", "sparse_pgd"]
+Parametrization = Literal["full", "pgd", "sparse_pgd", "label_row"]
 Readout = Literal["negative", "positive"]
 
 
@@ -52,7 +61,9 @@ class LSAConfig(BaseModel):
     kind: Literal["lsa"] = "lsa"
     layers: int = Field(3, ge=1, description="number of attention layers L")
     heads: int = Field(1, ge=1, description="heads per layer (their updates add)")
-    parametrization: Parametrization = Field("pgd", description="'full', 'pgd' or 'sparse_pgd'")
+    parametrization: Parametrization = Field(
+        "pgd", description="'full', 'pgd', 'sparse_pgd' or 'label_row' (Ding et al.'s b, A)"
+    )
     readout: Readout = Field("negative", description="'negative' (Ahn) or 'positive' (Ding)")
     init_std: float = Field(1e-4, ge=0.0, description="std of the N(0, init_std²) initialization")
 
@@ -105,6 +116,9 @@ class LinearSelfAttention(nn.Module):
         if config.parametrization == "full":
             self.P = nn.Parameter(torch.zeros(E, L, H, D, D, **kw))
             self.Q = nn.Parameter(torch.zeros(E, L, H, D, D, **kw))
+        elif config.parametrization == "label_row":
+            self.value_row = nn.Parameter(torch.zeros(E, L, H, D, **kw))
+            self.query_columns = nn.Parameter(torch.zeros(E, L, H, D, d, **kw))
         else:
             self.A = nn.Parameter(torch.zeros(E, L, H, d, d, **kw))
             if config.parametrization == "pgd":
@@ -129,6 +143,11 @@ class LinearSelfAttention(nn.Module):
         if self.config.parametrization == "full":
             return self.P, self.Q
         d = self.d
+        if self.config.parametrization == "label_row":
+            b, cols = self.value_row, self.query_columns
+            P = torch.cat([b.new_zeros(*b.shape[:-1], d, d + 1), b.unsqueeze(-2)], dim=-2)
+            Q = torch.cat([cols, torch.zeros_like(cols[..., :1])], dim=-1)
+            return P, Q
         A = self.A
         B = self.B if self.config.parametrization == "pgd" else torch.zeros_like(A)
         P = torch.zeros(*A.shape[:-2], d + 1, d + 1, device=A.device, dtype=A.dtype)
@@ -140,10 +159,10 @@ class LinearSelfAttention(nn.Module):
 
     def preconditioners(self) -> torch.Tensor:
         """Effective ``A_ℓ`` per member, layer, head: (E, L, H, d, d)."""
-        if self.config.parametrization != "full":
+        if self.config.parametrization in ("pgd", "sparse_pgd"):
             return self.A
         d = self.d
-        P, Q = self.P, self.Q
+        P, Q = self.matrices()
         # the part of the query-label update that is linear in the context labels:
         # y_i x_iᵀ (P[d,d] Q[:d,:d] + P[d,:d] ⊗ Q[d,:d]) x_q
         m = P[..., d, d, None, None] * Q[..., :d, :d] + P[..., d, :d, None] * Q[..., d, None, :d]
@@ -156,6 +175,8 @@ class LinearSelfAttention(nn.Module):
         if self.config.parametrization == "sparse_pgd":
             return torch.zeros_like(self.A)
         d = self.d
+        if self.config.parametrization == "label_row":  # covariates never move
+            return torch.zeros_like(self.query_columns[..., :d, :])
         return self.P[..., :d, :d] / self.P[..., d, d, None, None]
 
     @torch.no_grad()
@@ -167,6 +188,17 @@ class LinearSelfAttention(nn.Module):
             )
         self.P.copy_(P.expand_as(self.P))
         self.Q.copy_(Q.expand_as(self.Q))
+
+    @torch.no_grad()
+    def set_label_row(self, b: torch.Tensor, A: torch.Tensor) -> None:
+        """Load ``b`` (…, d+1) (last row of P) and ``A`` (…, d+1, d) (first d columns of Q)
+        into a ``label_row`` model, broadcast to (E, L, H, …)."""
+        if self.config.parametrization != "label_row":
+            raise ValueError("set_label_row: needs parametrization 'label_row'")
+        self.value_row.copy_(torch.as_tensor(b).to(self.value_row).expand_as(self.value_row))
+        self.query_columns.copy_(
+            torch.as_tensor(A).to(self.query_columns).expand_as(self.query_columns)
+        )
 
     @torch.no_grad()
     def set_pgd(self, A: torch.Tensor, B: torch.Tensor | None = None) -> None:
@@ -181,6 +213,8 @@ class LinearSelfAttention(nn.Module):
             Q[..., :d, :d] = self.sign * A.transpose(-1, -2)
             self.set_matrices(P, Q)
             return
+        if self.config.parametrization == "label_row":
+            raise ValueError("set_pgd: 'label_row' is not a pgd form; use set_label_row")
         if B is not None and self.config.parametrization == "sparse_pgd":
             raise ValueError("set_pgd: 'sparse_pgd' has B = 0; pass B=None")
         self.A.copy_(A.expand_as(self.A))
