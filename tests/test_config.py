@@ -41,7 +41,7 @@ def test_invalid_values_name_the_field_and_the_allowed_values(data, message):
 
 
 def test_unknown_enum_lists_allowed_values():
-    with pytest.raises(ConfigError, match="'full', 'pgd' or 'sparse_pgd'"):
+    with pytest.raises(ConfigError, match="'full', 'pgd', 'sparse_pgd' or 'label_row'"):
         make_config({"model": {"parametrization": "dense"}})
 
 
