@@ -24,6 +24,7 @@ from pydantic import (
 
 from iclab.models import LSAConfig
 from iclab.models.kernel_attention import KernelAttentionConfig
+from iclab.models.softmax_transformer import SoftmaxTransformerConfig
 from iclab.tasks import LinearRegressionConfig
 from iclab.tasks.gaussian_process import GaussianProcessConfig
 from iclab.tasks.markov_chain import MarkovChainConfig
@@ -45,7 +46,9 @@ TaskConfig = Annotated[
     Discriminator(_kind("linear_regression")),
 ]
 ModelConfig = Annotated[
-    Annotated[LSAConfig, Tag("lsa")] | Annotated[KernelAttentionConfig, Tag("kernel_attention")],
+    Annotated[LSAConfig, Tag("lsa")]
+    | Annotated[KernelAttentionConfig, Tag("kernel_attention")]
+    | Annotated[SoftmaxTransformerConfig, Tag("softmax_transformer")],
     Discriminator(_kind("lsa")),
 ]
 
@@ -128,7 +131,8 @@ class RunConfig(BaseModel):
     )
     model: ModelConfig = Field(
         default_factory=LSAConfig,
-        description="the model; 'kind' picks it: lsa (default), kernel_attention",
+        description="the model; 'kind' picks it: lsa (default), kernel_attention, "
+        "softmax_transformer",
     )
     train: TrainConfig = TrainConfig()
 
@@ -146,6 +150,7 @@ _UNION_TAGS = {
     "markov_chain",
     "lsa",
     "kernel_attention",
+    "softmax_transformer",
 }
 
 

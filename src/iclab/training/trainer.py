@@ -29,6 +29,7 @@ from iclab.config import ConfigError, RunConfig, dump_config, load_config
 from iclab.device import resolve_device, resolve_dtype
 from iclab.models import LinearSelfAttention
 from iclab.models.kernel_attention import KernelAttention
+from iclab.models.softmax_transformer import SoftmaxTransformer
 from iclab.tasks import LinearRegressionTask
 from iclab.tasks.gaussian_process import GaussianProcessTask
 from iclab.tasks.markov_chain import MarkovChainTask
@@ -67,6 +68,10 @@ def build_task(config: RunConfig, device: torch.device, dtype: torch.dtype) -> A
 
 def build_model(config: RunConfig, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The ensemble model named by ``config.model.kind`` (input dimension from the task)."""
+    if config.model.kind == "softmax_transformer":
+        return SoftmaxTransformer(
+            config.task.d, config.model, config.seeds, device=device, dtype=dtype
+        )
     if config.model.kind == "kernel_attention":
         return KernelAttention(
             config.task.d, config.model, config.seeds, device=device, dtype=dtype
