@@ -5,6 +5,13 @@ Inputs are prompts with a leading ensemble dimension ``E`` and batch dimension `
 predictions (E, B) and fitted weights (E, B, d). No per-prompt Python loops; any device and dtype.
 """
 
+from iclab.algorithms.classic_baselines import (
+    ClassifierPrediction,
+    k_nearest_neighbors,
+    linear_regression_classifier,
+    linear_svm,
+    logistic_regression,
+)
 from iclab.algorithms.gradient_descent import gd_plus_plus, preconditioned_gd, sufficient_statistics
 from iclab.algorithms.kernel_methods import (
     FunctionalGDResult,
@@ -16,6 +23,7 @@ from iclab.algorithms.least_squares import Prediction, bayes_posterior_mean, ols
 from iclab.algorithms.step_size_tuning import TunedSteps, tune_gd_step_sizes
 
 __all__ = [
+    "ClassifierPrediction",
     "FunctionalGDResult",
     "Prediction",
     "TunedFunctionalSteps",
@@ -23,6 +31,10 @@ __all__ = [
     "bayes_posterior_mean",
     "functional_gd",
     "gd_plus_plus",
+    "k_nearest_neighbors",
+    "linear_regression_classifier",
+    "linear_svm",
+    "logistic_regression",
     "ols",
     "preconditioned_gd",
     "ridge",
