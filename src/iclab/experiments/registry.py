@@ -20,6 +20,12 @@ def _cheng2024(out: Path, quick: bool, device: str, progress: bool) -> list[Repo
     return reproduce_cheng2024(out, quick=quick, device=device, progress=progress)
 
 
+def _ding2025(out: Path, quick: bool, device: str, progress: bool) -> list[ReportRow]:
+    from iclab.experiments.ding2025 import reproduce_ding2025
+
+    return reproduce_ding2025(out, quick=quick, device=device, progress=progress)
+
+
 EXPERIMENTS: dict[str, tuple[str, Callable[[Path, bool, str, bool], list[ReportRow]]]] = {
     "ahn2023": (
         "Ahn, Cheng, Daneshmand & Sra (NeurIPS 2023): transformers learn preconditioned GD",
@@ -28,6 +34,10 @@ EXPERIMENTS: dict[str, tuple[str, Callable[[Path, bool, str, bool], list[ReportR
     "cheng2024": (
         "Cheng, Chen & Sra (ICML 2024): transformers implement functional gradient descent",
         _cheng2024,
+    ),
+    "ding2025": (
+        "Ding, Lu, Lu, Nowicki & Gao (NeurIPS 2025): optimality and NP-hardness on Markov chains",
+        _ding2025,
     ),
 }
 
