@@ -21,13 +21,19 @@ TINY = Budget(
         "task.n=10",
     ),
     mc_prompts=500,
+    multilayer=(
+        "train.steps=5",
+        "train.batch_size=64",
+        "train.test_size=128",
+        "train.eval_every=5",
+    ),
 )
 
 
 def test_report_contract_theory_rows_and_resume(tmp_path):
     rows = reproduce_ding2025(tmp_path, budget=TINY, device="cpu", progress=False)
     report = json.loads((tmp_path / "report.json").read_text())
-    assert len(report) == len(rows) == 2 + 2 + 2 + 1 + 1 + 1
+    assert len(report) == len(rows) == 2 + 2 + 2 + 1 + 1 + 1 + 2
     keys = {"quantity", "theory", "trained_mean", "trained_std", "n_seeds", "verdict", "note"}
     assert all(set(r) == keys and r["verdict"] in {"pass", "fail"} for r in report)
     by_name = {r["quantity"].split(":")[0]: r for r in report}
@@ -36,7 +42,15 @@ def test_report_contract_theory_rows_and_resume(tmp_path):
     assert realized["verdict"] == "pass" and realized["trained_mean"] < 1e-8
     gap = by_name["(c) d=2, n=10"]
     assert gap["verdict"] == "pass" and 0 < gap["theory"] <= gap["trained_mean"]
-    for fig in ("accuracy_vs_layers", "one_layer_sparse_vs_dense", "loss_vs_dimension"):
+    recursion = [r for r in report if r["quantity"].startswith("(f) weight recursion")]
+    assert recursion and recursion[0]["verdict"] == "pass"  # exact at any training budget
+    for fig in (
+        "accuracy_vs_layers",
+        "one_layer_sparse_vs_dense",
+        "loss_vs_dimension",
+        "multilayer_prediction",
+        "multilayer_objectives",
+    ):
         assert (tmp_path / "figures" / f"{fig}.png").stat().st_size > 1000
     assert "## Runs" in (tmp_path / "report.md").read_text()
     again = reproduce_ding2025(tmp_path, budget=TINY, device="cpu", progress=False)
