@@ -56,3 +56,14 @@ def test_report_contract_theory_rows_and_resume(tmp_path):
     again = reproduce_ding2025(tmp_path, budget=TINY, device="cpu", progress=False)
     assert [r.trained_mean for r in again] == [r.trained_mean for r in rows]
     assert "ding2025" in EXPERIMENTS
+
+
+def test_cli_theory_markov_one_layer(capsys):
+    from iclab.cli import main
+
+    assert main(["theory", "markov-one-layer", "--d", "1", "--n", "10", "--p", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "f̃(X*) = 0.353801" in out and "residual" in out  # 121/342, realizable
+    assert main(["theory", "markov-one-layer", "--p", "1.5"]) == 2
+    assert "--p" in capsys.readouterr().err
+    assert main(["theory", "markov-one-layer", "--d", "9"]) == 2

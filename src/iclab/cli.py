@@ -105,6 +105,9 @@ def _cmd_theory(args: argparse.Namespace) -> int:
     from iclab.theory import best_pgd_scalars, optimal_one_layer_loss, preconditioner_optimum
 
     torch.set_printoptions(precision=5, sci_mode=False)
+    if args.what == "markov-one-layer":
+        return _theory_markov_one_layer(args)
+    args.d = 5 if args.d is None else args.d
     if args.what == "functional-gd":
         return _theory_functional_gd(args)
     args.n = 20 if args.n is None else args.n
@@ -183,6 +186,39 @@ def _theory_functional_gd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _theory_markov_one_layer(args: argparse.Namespace) -> int:
+    import torch
+
+    from iclab.theory.markov_one_layer import (
+        non_realizability_certificate,
+        one_layer_optimum_d1,
+        one_layer_optimum_exact,
+        recover_parameters,
+    )
+
+    d = 1 if args.d is None else args.d
+    n = 10 if args.n is None else args.n
+    if not 0 < args.p < 1:
+        raise ValueError(f"--p: must be in (0, 1), got {args.p}")
+    if d < 1 or d > 4:
+        raise ValueError(f"--d: exact optimum for 1 <= d <= 4 (2^(d+1) chains), got {d}")
+    torch.set_printoptions(precision=5, sci_mode=False)
+    opt = one_layer_optimum_d1(args.p, n) if d == 1 else one_layer_optimum_exact(args.p, n, d)
+    print(f"binary chains, d={d}, n={n}, p={args.p}: X* = H⁻¹h =\n{opt.X_star}")
+    print(f"f̃(X*) = {opt.loss_star:.6g}   (E[y_q²] = {opt.y2_mean:.6g})")
+    cert = non_realizability_certificate(opt.X_star, d, opt.H)
+    rec = recover_parameters(opt.X_star, d, H=opt.H, minimize="loss")
+    if cert.fires:
+        print(
+            f"not realizable by any one-layer LSA: certified loss gap ≥ {cert.loss_gap_bound:.4g}"
+            f"; best (b, A) found: loss gap {rec.loss_gap:.4g}, residual {rec.residual:.4g}"
+        )
+    else:
+        print(f"best (b, A) found: residual ‖φ(b, A) − X*‖ = {rec.residual:.3g}")
+    print(f"b = {rec.b}\nA =\n{rec.A}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="iclab",
@@ -252,12 +288,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="one-layer: A* and f* of Theorem 1. pgd-scalars / sparse-scalars: "
         "best a_ℓ (and b_ℓ) inside the class of Theorems 3–4 (Σ_w = Σ⁻¹). functional-gd: "
         "test loss of L-step functional GD per activation kernel (steps tuned on held-out "
-        "prompts, float64) on GP prompts, with the Bayes (GP posterior mean) floor.",
+        "prompts, float64) on GP prompts, with the Bayes (GP posterior mean) floor. "
+        "markov-one-layer: Ding et al.'s convex optimum X* = H⁻¹h of one LSA layer on binary "
+        "Markov chains (exact; d = 1 in closed form), whether an LSA realizes it, and the best "
+        "(b, A) found with a certificate when it does not.",
     )
-    s.add_argument("what", choices=["one-layer", "pgd-scalars", "sparse-scalars", "functional-gd"])
-    s.add_argument("--d", type=int, default=5, help="input dimension (default 5)")
     s.add_argument(
-        "--n", type=int, default=None, help="context examples (default 20; functional-gd: 8)"
+        "what",
+        choices=["one-layer", "pgd-scalars", "sparse-scalars", "functional-gd", "markov-one-layer"],
+    )
+    s.add_argument(
+        "--d", type=int, default=None, help="input dimension (default 5; markov-one-layer: 1)"
+    )
+    s.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="context examples (default 20; functional-gd: 8; markov-one-layer: 10)",
     )
     s.add_argument("--layers", type=int, default=3, help="layers for *-scalars (default 3)")
     s.add_argument(
@@ -285,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--prompts", type=int, default=4000, help="functional-gd: tuning and test prompts"
     )
+    s.add_argument("--p", type=float, default=0.5, help="markov-one-layer: P(s_1 = 1), in (0, 1)")
     s.set_defaults(func=_cmd_theory)
     return p
 
