@@ -33,7 +33,7 @@ TINY = Budget(
 def test_report_contract_theory_rows_and_resume(tmp_path):
     rows = reproduce_ding2025(tmp_path, budget=TINY, device="cpu", progress=False)
     report = json.loads((tmp_path / "report.json").read_text())
-    assert len(report) == len(rows) == 2 + 2 + 2 + 1 + 1 + 1 + 2
+    assert len(report) == len(rows) == 2 + 2 + 2 + 1 + 1 + 1 + 2 + 1
     keys = {"quantity", "theory", "trained_mean", "trained_std", "n_seeds", "verdict", "note"}
     assert all(set(r) == keys and r["verdict"] in {"pass", "fail"} for r in report)
     by_name = {r["quantity"].split(":")[0]: r for r in report}

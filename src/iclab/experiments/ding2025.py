@@ -96,19 +96,56 @@ def _train(preset: str, name: str, overrides, out: Path, device: str, progress: 
     return train(cfg, out / "runs" / name, progress=progress)
 
 
+class BayesLedger:
+    """Every trained model's squared error against the Bayes predictor's on the same prompts.
+
+    The Bayes posterior mean minimizes the expected squared error, so no model may beat it
+    beyond noise: :meth:`row` checks the paired difference of every recorded run (z > −3).
+    """
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, float, float]] = []  # (run, mean difference, its SE)
+
+    def record(self, name: str, pred: torch.Tensor, test) -> None:
+        bayes = markov_bayes(test).mean
+        y = test.y_query.double()
+        diff = (pred.detach().double() - y).pow(2) - (bayes - y).pow(2)  # (E, B), per prompt
+        flat = diff.flatten()
+        self.entries.append((name, float(flat.mean()), float(flat.std() / math.sqrt(flat.numel()))))
+
+    def row(self) -> ReportRow:
+        worst = min(self.entries, key=lambda e: e[1] / max(e[2], 1e-300))
+        z = [e[1] / max(e[2], 1e-300) for e in self.entries]
+        return report_row(
+            f"no trained LSA beats the Bayes predictor's squared error ({len(self.entries)} runs)",
+            0.0,
+            [e[1] for e in self.entries],
+            min(z) > -3,
+            f"trained − Bayes squared error on the same prompts, mean over runs; the closest run "
+            f"is {worst[0]} ({worst[1]:+.4f} ± {worst[2]:.4f}); pass: every z > −3",
+        )
+
+
 @torch.no_grad()
-def _evaluate(res: TrainResult) -> tuple[torch.Tensor, torch.Tensor, object]:
+def _evaluate(
+    res: TrainResult, ledger: BayesLedger | None = None
+) -> tuple[torch.Tensor, torch.Tensor, object]:
     """Per-seed accuracy and squared error of the trained model on its own test prompts (the
-    stream ``(seed, "test", 0)``), and those prompts in float64."""
+    stream ``(seed, "test", 0)``), and those prompts in float64; records the run in ``ledger``."""
     test = res.task.sample(res.config.train.test_size, "test", 0)
     pred = res.model(test.x, test.y, test.x_query).double()
     S = res.task.config.states
     acc = (pred.round().clamp(0, S - 1) == test.y_query.double()).double().mean(-1)
     mse = (pred - test.y_query.double()).pow(2).mean(-1)
-    return acc, mse, test.to(torch.float64)
+    test = test.to(torch.float64)
+    if ledger is not None:
+        ledger.record(res.config.name, pred, test)
+    return acc, mse, test
 
 
-def _part_a(out: Path, budget: Budget, device: str, progress: bool, base: list[str]):
+def _part_a(
+    out: Path, budget: Budget, device: str, progress: bool, base: list[str], ledger: BayesLedger
+):
     rows: list[ReportRow] = []
     panels = []
     for S in budget.states:
@@ -119,7 +156,7 @@ def _part_a(out: Path, budget: Budget, device: str, progress: bool, base: list[s
                 [*base, f"task.states={S}", f"model.layers={L}", *budget.accuracy],
                 out, device, progress,
             )  # fmt: skip
-            acc, _, test = _evaluate(res)
+            acc, _, test = _evaluate(res, ledger)
             accs[L] = acc.tolist()
             if bayes_acc is None:
                 bay = markov_bayes(test)
@@ -159,7 +196,9 @@ def _part_a(out: Path, budget: Budget, device: str, progress: bool, base: list[s
     return rows, ["## (a) Accuracy vs depth\n\n![](figures/accuracy_vs_layers.png)"]
 
 
-def _part_b(out: Path, budget: Budget, device: str, progress: bool, base: list[str]):
+def _part_b(
+    out: Path, budget: Budget, device: str, progress: bool, base: list[str], ledger: BayesLedger
+):
     rows: list[ReportRow] = []
     curves = {}
     floor = None
@@ -171,7 +210,7 @@ def _part_b(out: Path, budget: Budget, device: str, progress: bool, base: list[s
         cfg = res.task.config
         if floor is None:
             floor = one_layer_optimum_d1(cfg.initial_prob, cfg.n).loss_star
-        _, mse, test = _evaluate(res)
+        _, mse, test = _evaluate(res, ledger)
         # the squared error has variance ≤ E[e⁴]; its SE on this test set
         n_test = test.y_query.shape[-1]
         rel = [(v - floor) / floor for v in mse.tolist()]
@@ -229,7 +268,9 @@ def _realizability(p: float, n: int, d: int) -> tuple[list[ReportRow], str]:
     return [row], text
 
 
-def _part_c(out: Path, budget: Budget, device: str, progress: bool, base: list[str]):
+def _part_c(
+    out: Path, budget: Budget, device: str, progress: bool, base: list[str], ledger: BayesLedger
+):
     rows: list[ReportRow] = []
     trained, optimum, optimum_se, gaps = [], [], [], []
     cert_text = ""
@@ -238,7 +279,7 @@ def _part_c(out: Path, budget: Budget, device: str, progress: bool, base: list[s
             "ding2025_dimension", f"dimension_d{d}", [*base, f"task.d={d}", *budget.dimension],
             out, device, progress,
         )  # fmt: skip
-        _, mse, _ = _evaluate(res)
+        _, mse, _ = _evaluate(res, ledger)
         cfg = res.task.config
         m = (d + 1) * (d + 2) // 2
         mc_task = MarkovChainTask(cfg, [10_000 + d], device=res.task.device, dtype=torch.float64)
@@ -290,7 +331,9 @@ def _part_c(out: Path, budget: Budget, device: str, progress: bool, base: list[s
     return rows, [section]
 
 
-def _part_f(out: Path, budget: Budget, device: str, progress: bool, base: list[str]):
+def _part_f(
+    out: Path, budget: Budget, device: str, progress: bool, base: list[str], ledger: BayesLedger
+):
     res = _train(
         "ding2025_multilayer", "multilayer", [*base, *budget.multilayer], out, device, progress
     )
@@ -299,6 +342,7 @@ def _part_f(out: Path, budget: Budget, device: str, progress: bool, base: list[s
     rd = label_row_reading(model.value_row, model.query_columns, test.x, test.y, test.x_query)
     with torch.no_grad():
         pred = model(test.x, test.y, test.x_query)
+    ledger.record(res.config.name, pred, test)
     err = (pred - rd.prediction[..., -1]).abs().amax(-1)  # (E,)
     L = res.config.model.layers
     rows = [
@@ -381,10 +425,12 @@ def reproduce_ding2025(
     base = [f"n_seeds={budget.seeds}", *budget.extra]
     rows: list[ReportRow] = []
     sections: list[str] = []
+    ledger = BayesLedger()
     for part in (_part_a, _part_b, _part_c, _part_f):
-        r, s = part(out, budget, device, progress, base)
+        r, s = part(out, budget, device, progress, base, ledger)
         rows += r
         sections += s
+    rows.append(ledger.row())
     if budget.transformers is not None:
         from iclab.experiments import ding2025_transformers as dt
 
