@@ -248,3 +248,19 @@ def test_trainer_runs_kernel_attention_on_gaussian_process_prompts(tmp_path, opt
     assert all(b < a for a, b in zip(first, last))
     again = train(cfg, tmp_path / "run", progress=False)  # completed: loads, trains nothing
     assert again.steps_run == 0 and strip(again.metrics) == strip(res.metrics)
+
+
+def test_checkpoint_files_round_trip_complex_tensors(tmp_path):
+    from iclab.training.checkpoint import save_tensors
+
+    tensors = {
+        "a": torch.randn(3, 4, dtype=torch.complex64),
+        "b": torch.randn(2, dtype=torch.complex128),
+        "c": torch.randn(5),
+    }
+    save_tensors(tmp_path / "t.safetensors", tensors, {"step": 3})
+    back, meta = load_tensors(tmp_path / "t.safetensors")
+    assert meta == {"step": 3}
+    for k, v in tensors.items():
+        assert back[k].dtype == v.dtype
+        torch.testing.assert_close(back[k], v, rtol=0, atol=0)

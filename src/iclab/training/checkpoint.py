@@ -37,13 +37,24 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """Write a safetensors file atomically; ``metadata`` is stored as one JSON string."""
+    """Write a safetensors file atomically; ``metadata`` is stored as one JSON string.
+
+    Complex tensors (safetensors has no complex128) are stored as their real view (…, 2) and
+    listed under the ``iclab_complex`` metadata key; :func:`load_tensors` restores them.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        save_file(cpu, tmp, metadata={"iclab": json.dumps(metadata)})
+        complex_keys = sorted(k for k, v in cpu.items() if v.is_complex())
+        for k in complex_keys:
+            cpu[k] = torch.view_as_real(cpu[k]).contiguous()
+        save_file(
+            cpu,
+            tmp,
+            metadata={"iclab": json.dumps(metadata), "iclab_complex": json.dumps(complex_keys)},
+        )
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -54,8 +65,12 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("iclab", "{}"))
-    return load_file(str(path)), meta
+        raw = f.metadata() or {}
+    meta = json.loads(raw.get("iclab", "{}"))
+    tensors = load_file(str(path))
+    for k in json.loads(raw.get("iclab_complex", "[]")):
+        tensors[k] = torch.view_as_complex(tensors[k].contiguous())
+    return tensors, meta
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -6,6 +6,11 @@
     checkpoint.safetensors   parameters + optimizer state at the last checkpoint (for resume)
     model.safetensors        final parameters
 
+Model hooks: ``prepare(batch) -> state`` and ``predict_prepared(state) -> (E, B)`` (scored by the
+mean squared error against ``y_query``); a model may instead define ``loss_prepared(state,
+batch) -> (E,)`` (its own objective, e.g. over all prefix predictions of a sequence) and
+``eval_metrics(state, batch) -> {name: per-seed list}``, logged with every evaluation.
+
 Determinism: training batch k is drawn from the stream (seed, "train", k) and the test set from
 (seed, "test", 0), so the same config and seed give the same numbers, and a run killed at any
 point resumes from its last checkpoint to exactly the metrics of an uninterrupted run.
@@ -151,12 +156,24 @@ def train(
     if run_dir is not None and tcfg.tensorboard:
         writer = SummaryWriter(str(run_dir / "tensorboard"))
 
+    # The per-member objective: models that predict one scalar per prompt are scored by the mean
+    # squared error against y_query; models with their own objective (e.g. all prefix
+    # predictions of a sequence) provide ``loss_prepared(state, batch) -> (E,)``.
+    if hasattr(model, "loss_prepared"):
+        objective = model.loss_prepared
+    else:
+
+        def objective(state: Any, batch: Any) -> torch.Tensor:
+            return mse_per_member(predict(state), batch.y_query)
+
     predict = model.predict_prepared
     if tcfg.compile:
         # every model instance (and each train/eval shape) is a new guard on the same code object
         limit = torch._dynamo.config.recompile_limit
         torch._dynamo.config.recompile_limit = max(limit, 64)
         predict = torch.compile(model.predict_prepared, dynamic=False)
+        if hasattr(model, "loss_prepared"):
+            objective = torch.compile(model.loss_prepared, dynamic=False)
 
     test_batch = task.sample(tcfg.test_size, "test", 0)
     with torch.no_grad():
@@ -164,7 +181,14 @@ def train(
 
     def evaluate() -> torch.Tensor:
         with torch.no_grad():
-            return mse_per_member(predict(test_state), test_batch.y_query)
+            return objective(test_state, test_batch)
+
+    def extra_metrics() -> dict[str, Any]:
+        """Model-specific per-seed diagnostics logged with every evaluation (e.g. ``ab``)."""
+        if not hasattr(model, "eval_metrics"):
+            return {}
+        with torch.no_grad():
+            return model.eval_metrics(test_state, test_batch)
 
     info: dict[str, Any] = {
         "status": "running",
@@ -231,7 +255,7 @@ def train(
         for g in opt.param_groups:
             g["lr"] = lr
         try:
-            loss = mse_per_member(predict(state), batch.y_query)
+            loss = objective(state, batch)
         except FloatingPointError as err:  # e.g. an exp logit overflowed in kernel attention
             bar.close()
             raise diverged(step + 1, f"the forward pass [{err}]", None) from err
@@ -259,6 +283,7 @@ def train(
                 "train_loss": loss.detach().cpu().tolist(),
                 "test_loss": test.cpu().tolist(),
                 "wall_s": round(prior_wall + time.perf_counter() - t0, 3),
+                **extra_metrics(),
             }
             metrics.append(rec)
             bar.set_postfix(test=f"{test.mean().item():.3g}")
