@@ -23,10 +23,12 @@ from pydantic import (
 )
 
 from iclab.models import LSAConfig
+from iclab.models.causal_linear_attention import CausalLinearAttentionConfig
 from iclab.models.kernel_attention import KernelAttentionConfig
 from iclab.models.softmax_transformer import SoftmaxTransformerConfig
 from iclab.tasks import LinearRegressionConfig
 from iclab.tasks.gaussian_process import GaussianProcessConfig
+from iclab.tasks.linear_dynamics import LinearDynamicsConfig
 from iclab.tasks.markov_chain import MarkovChainConfig
 
 
@@ -42,13 +44,15 @@ def _kind(default: str):
 TaskConfig = Annotated[
     Annotated[LinearRegressionConfig, Tag("linear_regression")]
     | Annotated[GaussianProcessConfig, Tag("gaussian_process")]
-    | Annotated[MarkovChainConfig, Tag("markov_chain")],
+    | Annotated[MarkovChainConfig, Tag("markov_chain")]
+    | Annotated[LinearDynamicsConfig, Tag("linear_dynamics")],
     Discriminator(_kind("linear_regression")),
 ]
 ModelConfig = Annotated[
     Annotated[LSAConfig, Tag("lsa")]
     | Annotated[KernelAttentionConfig, Tag("kernel_attention")]
-    | Annotated[SoftmaxTransformerConfig, Tag("softmax_transformer")],
+    | Annotated[SoftmaxTransformerConfig, Tag("softmax_transformer")]
+    | Annotated[CausalLinearAttentionConfig, Tag("causal_linear_attention")],
     Discriminator(_kind("lsa")),
 ]
 
@@ -127,12 +131,12 @@ class RunConfig(BaseModel):
     task: TaskConfig = Field(
         default_factory=LinearRegressionConfig,
         description="the ICL task; 'kind' picks it: linear_regression (default), gaussian_process, "
-        "markov_chain",
+        "markov_chain, linear_dynamics",
     )
     model: ModelConfig = Field(
         default_factory=LSAConfig,
         description="the model; 'kind' picks it: lsa (default), kernel_attention, "
-        "softmax_transformer",
+        "softmax_transformer, causal_linear_attention",
     )
     train: TrainConfig = TrainConfig()
 
@@ -148,9 +152,11 @@ _UNION_TAGS = {
     "linear_regression",
     "gaussian_process",
     "markov_chain",
+    "linear_dynamics",
     "lsa",
     "kernel_attention",
     "softmax_transformer",
+    "causal_linear_attention",
 }
 
 

@@ -33,10 +33,12 @@ import iclab
 from iclab.config import ConfigError, RunConfig, dump_config, load_config
 from iclab.device import resolve_device, resolve_dtype
 from iclab.models import LinearSelfAttention
+from iclab.models.causal_linear_attention import CausalLinearAttention
 from iclab.models.kernel_attention import KernelAttention
 from iclab.models.softmax_transformer import SoftmaxTransformer
 from iclab.tasks import LinearRegressionTask
 from iclab.tasks.gaussian_process import GaussianProcessTask
+from iclab.tasks.linear_dynamics import LinearDynamicsTask
 from iclab.tasks.markov_chain import MarkovChainTask
 from iclab.training import checkpoint as io
 from iclab.training.optim import build_optimizer, clip_gradients, lr_factor
@@ -68,11 +70,17 @@ def build_task(config: RunConfig, device: torch.device, dtype: torch.dtype) -> A
         return GaussianProcessTask(config.task, config.seeds, device=device, dtype=dtype)
     if config.task.kind == "markov_chain":
         return MarkovChainTask(config.task, config.seeds, device=device, dtype=dtype)
+    if config.task.kind == "linear_dynamics":
+        return LinearDynamicsTask(config.task, config.seeds, device=device, dtype=dtype)
     return LinearRegressionTask(config.task, config.seeds, device=device, dtype=dtype)
 
 
 def build_model(config: RunConfig, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The ensemble model named by ``config.model.kind`` (input dimension from the task)."""
+    if config.model.kind == "causal_linear_attention":
+        return CausalLinearAttention(
+            config.task.d, config.model, config.seeds, device=device, dtype=dtype
+        )
     if config.model.kind == "softmax_transformer":
         return SoftmaxTransformer(
             config.task.d, config.model, config.seeds, device=device, dtype=dtype

@@ -1,0 +1,213 @@
+"""Causal linear attention (Zheng et al. 2024): exactness, the mesa-optimizer, seeding, training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from iclab.models.causal_linear_attention import (
+    CausalLinearAttention,
+    CausalLinearAttentionConfig,
+    gd_step_prediction,
+    naive_predict_all,
+    tokens,
+)
+from iclab.tasks.linear_dynamics import LinearDynamicsConfig, LinearDynamicsTask
+
+F64 = torch.float64
+
+
+def _data(E=2, m=6, T=9, d=3, transition="complex_diagonal_unitary", x1="gaussian", seed=0):
+    cfg = LinearDynamicsConfig(d=d, T=T, transition=transition, x1=x1)
+    return LinearDynamicsTask(cfg, seeds=range(seed, seed + E), dtype=F64).sample(m, "t").x
+
+
+def _random_complex(shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.complex(
+        torch.randn(shape, generator=g, dtype=F64), torch.randn(shape, generator=g, dtype=F64)
+    )
+
+
+def test_config_validation():
+    with pytest.raises(ValidationError, match="init"):
+        CausalLinearAttentionConfig(init="uniform")
+    with pytest.raises(ValidationError, match="trainable"):
+        CausalLinearAttentionConfig(trainable="some")
+    with pytest.raises(ValidationError, match="a0"):
+        CausalLinearAttentionConfig(a0=float("nan"))
+    with pytest.raises(ValidationError, match="init_std"):
+        CausalLinearAttentionConfig(init_std=-1.0)
+    with pytest.raises(ValueError, match="d: must be"):
+        CausalLinearAttention(0, CausalLinearAttentionConfig())
+    model = CausalLinearAttention(3, CausalLinearAttentionConfig(), seeds=[0, 1])
+    with pytest.raises(ValueError, match=r"x: expected shape \(E=2"):
+        model.predict_all(torch.zeros(1, 4, 5, 3))
+
+
+def test_tokens_and_block_convention():
+    x = _random_complex((1, 1, 4, 2), 0)
+    e = tokens(x)
+    torch.testing.assert_close(e[..., 0, 2:], torch.zeros(1, 1, 2, dtype=x.dtype))
+    torch.testing.assert_close(e[..., 1:, 2:], x[..., :-1, :])
+    m = CausalLinearAttention(2, CausalLinearAttentionConfig(a0=2.0, b0=3.0), dtype=F64)
+    assert m.W_KQ.dtype == torch.complex128 and m.W_PV.shape == (1, 2, 4)
+    eye = torch.eye(2, dtype=torch.complex128)
+    torch.testing.assert_close(m.W_KQ[0, 2:, :2], 2 * eye)  # block (2,1): rows x_{t-1}, cols x_t
+    torch.testing.assert_close(m.W_PV[0, :, :2], 3 * eye)  # block (1,1)
+    assert m.W_KQ[0].abs().sum() == 4 and m.W_PV[0].abs().sum() == 6
+    torch.testing.assert_close(m.ab(), torch.tensor([6.0], dtype=F64))
+    torch.testing.assert_close(m.ab_complex(), torch.tensor([6.0 + 0j], dtype=torch.complex128))
+
+
+def test_gd_step_prediction_matches_double_loop():
+    x = _random_complex((2, 3, 6, 2), 1)
+    c = torch.tensor([0.7, -1.3], dtype=F64)
+    y = gd_step_prediction(x, c)
+    torch.testing.assert_close(y[..., 0, :], torch.zeros_like(y[..., 0, :]))
+    for t in range(2, 7):  # 1-based
+        W = sum(
+            x[..., i, :, None] * x[..., i - 1, None, :].conj() for i in range(1, t)
+        )  # Σ_{i<t} x_{i+1} x_iᴴ
+        ref = (W @ x[..., t - 1, :, None])[..., 0] / (t - 1) * c[:, None, None]
+        torch.testing.assert_close(y[..., t - 1, :], ref, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("transition", ["complex_diagonal_unitary", "real_orthogonal", "stable"])
+def test_diagonal_model_is_the_mesa_optimizer(transition):
+    x = _data(E=2, m=8, T=30, d=4, transition=transition)
+    cfg = CausalLinearAttentionConfig(init="diagonal", a0=0.5, b0=1.5)
+    model = CausalLinearAttention(4, cfg, seeds=[0, 1], dtype=F64)
+    with torch.no_grad():
+        y = model.predict_all(x)
+    ref = gd_step_prediction(x, 0.75)
+    assert (y - ref).abs().max() < 1e-10
+    assert y[..., 0, :].abs().max() == 0  # ŷ_1 := 0
+
+
+def test_running_sums_equal_naive_loop():
+    x = _data(E=2, m=5, T=12, d=3)
+    cfg = CausalLinearAttentionConfig(init="gaussian", init_std=1.0)
+    model = CausalLinearAttention(3, cfg, seeds=[4, 9], dtype=F64)
+    with torch.no_grad():
+        y = model.predict_all(x)
+        ref = naive_predict_all(model.W_KQ, model.W_PV, x)
+    assert ref.abs().max() > 1.0
+    assert (y - ref).abs().max() < 1e-10
+    # loss: (1/m) Σ_seq Σ_{t=2}^{T-1} ½‖ŷ_t − x_{t+1}‖²
+    r = ref[..., 1:-1, :] - x[..., 2:, :]
+    torch.testing.assert_close(
+        model.loss(x).detach(), 0.5 * r.abs().square().sum((-1, -2)).mean(-1)
+    )
+
+
+def test_gaussian_init_statistics_and_ensemble_member_equals_single_seed():
+    cfg = CausalLinearAttentionConfig(init="gaussian", init_std=0.5)
+    ens = CausalLinearAttention(5, cfg, seeds=[3, 4, 5], dtype=F64)
+    single = CausalLinearAttention(5, cfg, seeds=[4], dtype=F64)
+    torch.testing.assert_close(ens.W_KQ[1], single.W_KQ[0])
+    torch.testing.assert_close(ens.W_PV[1], single.W_PV[0])
+    assert not torch.equal(ens.W_KQ[0], ens.W_KQ[1])
+    w = ens.W_KQ.detach()
+    assert abs(w.abs().square().mean().item() - 0.25) < 0.05  # E|w|² = init_std²
+    assert abs(w.real.var().item() - w.imag.var().item()) < 0.03
+    x = _data(E=3, m=4, T=7, d=5, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(ens.predict_all(x)[1], single.predict_all(x[1:2])[0])
+
+
+def test_gradients_flow_and_match_finite_differences():
+    x = _data(E=2, m=4, T=8, d=2)
+    cfg = CausalLinearAttentionConfig(init="gaussian", init_std=0.5)
+    model = CausalLinearAttention(2, cfg, seeds=[0, 1], dtype=F64)
+    loss = model.loss(x)
+    assert loss.shape == (2,) and not loss.is_complex()
+    loss.sum().backward()
+    for p in (model.W_KQ, model.W_PV):
+        assert p.grad is not None and p.grad.is_complex() and p.grad.abs().max() > 0
+    # PyTorch's complex grad = ∂L/∂Re + i ∂L/∂Im
+    h = 1e-6
+    for part, unit in (("re", 1.0), ("im", 1j)):
+        with torch.no_grad():
+            model.W_PV[1, 0, 2] += unit * h
+            up = model.loss(x)[1]
+            model.W_PV[1, 0, 2] -= 2 * unit * h
+            dn = model.loss(x)[1]
+            model.W_PV[1, 0, 2] += unit * h
+        fd = ((up - dn) / (2 * h)).item()
+        g = model.W_PV.grad[1, 0, 2]
+        assert abs((g.real if part == "re" else g.imag).item() - fd) < 1e-6 * max(1, abs(fd))
+
+
+@pytest.mark.parametrize("mode", ["diagonal_blocks", "scalars"])
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_restricted_modes_stay_in_their_subspace(mode, opt):
+    d = 3
+    x = _data(E=2, m=6, T=8, d=d, x1="ones")  # all-ones x_1 drives off-diagonal growth
+    cfg = CausalLinearAttentionConfig(init="gaussian", init_std=0.3, trainable=mode)
+    model = CausalLinearAttention(d, cfg, seeds=[0, 1], dtype=F64)
+    full = CausalLinearAttention(d, CausalLinearAttentionConfig(init="gaussian"), dtype=F64)
+    make = {
+        "sgd": lambda p: torch.optim.SGD(p, lr=1e-2),
+        "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+    }
+    optim = make[opt](model.parameters())
+    before = model.W_KQ.detach().clone()
+    for _ in range(3):
+        optim.zero_grad()
+        model.loss(x).sum().backward()
+        optim.step()
+    assert not torch.equal(before, model.W_KQ.detach())
+    kq, pv = model.W_KQ.detach().clone(), model.W_PV.detach().clone()
+    mask_kq = torch.zeros(2 * d, 2 * d, dtype=torch.bool)
+    mask_kq[d:, :d] = True
+    mask_pv = torch.zeros(d, 2 * d, dtype=torch.bool)
+    mask_pv[:, :d] = True
+    assert kq[:, ~mask_kq].abs().max() == 0 and pv[:, ~mask_pv].abs().max() == 0
+    if mode == "scalars":
+        eye = torch.eye(d, dtype=kq.dtype)
+        a, b = model.block_scalars()
+        torch.testing.assert_close(kq[:, d:, :d], a[:, None, None] * eye, atol=1e-14, rtol=0)
+        torch.testing.assert_close(pv[:, :, :d], b[:, None, None] * eye, atol=1e-14, rtol=0)
+    # raw parameters equal the effective ones used by the forward
+    ekq, epv = model.effective_weights()
+    torch.testing.assert_close(ekq.detach(), kq)
+    torch.testing.assert_close(epv.detach(), pv)
+    # the unrestricted model with the same weights gives the same predictions
+    full.set_weights(W_KQ=kq[:1], W_PV=pv[:1])
+    with torch.no_grad():
+        torch.testing.assert_close(full.predict_all(x[:1]), model.predict_all(x)[:1])
+    with pytest.raises(ValueError, match="outside the trainable set"):
+        model.set_weights(W_KQ=torch.ones(2 * d, 2 * d))
+    torch.testing.assert_close(model.W_KQ.detach(), kq)  # unchanged by the failed load
+
+
+def test_restricted_gradients_are_projections_of_the_full_gradient():
+    # the raw gradient in a restricted mode is Π(full gradient): GD moves within the subspace
+    # exactly as the unrestricted model's GD projected onto it
+    d = 2
+    x = _data(E=1, m=40, T=6, d=d, x1="sparse")
+    grads = {}
+    for mode in ("all", "diagonal_blocks", "scalars"):
+        cfg = CausalLinearAttentionConfig(a0=0.5, b0=0.7, trainable=mode)
+        model = CausalLinearAttention(d, cfg, dtype=F64)
+        model.loss(x).sum().backward()
+        grads[mode] = (model.W_KQ.grad, model.W_PV.grad)
+        proj = model._project(*grads["all"])
+        torch.testing.assert_close(grads[mode][0], proj[0], atol=1e-15, rtol=0)
+        torch.testing.assert_close(grads[mode][1], proj[1], atol=1e-15, rtol=0)
+    g_sc = torch.diagonal(grads["scalars"][0][0, d:, :d])
+    torch.testing.assert_close(g_sc, torch.diagonal(grads["all"][0][0, d:, :d]).mean().expand(d))
+
+
+def test_float32_path_and_prepare_reuse():
+    cfg = LinearDynamicsConfig(d=3, T=10)
+    batch = LinearDynamicsTask(cfg, seeds=[0]).sample(16, "t")
+    model = CausalLinearAttention(3, CausalLinearAttentionConfig(a0=0.3, b0=0.4), seeds=[0])
+    state = model.prepare(batch)
+    y = model.predict_prepared(state)
+    assert y.dtype == torch.complex64 and y.shape == (1, 16, 10, 3)
+    ref = gd_step_prediction(batch.x.to(torch.complex128), 0.12)
+    assert (y.to(torch.complex128) - ref).abs().max() < 1e-5
+    torch.testing.assert_close(model.loss_prepared(state), model.loss(batch.x))
