@@ -26,6 +26,12 @@ def _ding2025(out: Path, quick: bool, device: str, progress: bool) -> list[Repor
     return reproduce_ding2025(out, quick=quick, device=device, progress=progress)
 
 
+def _zheng2024(out: Path, quick: bool, device: str, progress: bool) -> list[ReportRow]:
+    from iclab.experiments.zheng2024 import reproduce_zheng2024
+
+    return reproduce_zheng2024(out, quick=quick, device=device, progress=progress)
+
+
 EXPERIMENTS: dict[str, tuple[str, Callable[[Path, bool, str, bool], list[ReportRow]]]] = {
     "ahn2023": (
         "Ahn, Cheng, Daneshmand & Sra (NeurIPS 2023): transformers learn preconditioned GD",
@@ -38,6 +44,11 @@ EXPERIMENTS: dict[str, tuple[str, Callable[[Path, bool, str, bool], list[ReportR
     "ding2025": (
         "Ding, Lu, Lu, Nowicki & Gao (NeurIPS 2025): optimality and NP-hardness on Markov chains",
         _ding2025,
+    ),
+    "zheng2024": (
+        "Zheng, Huang, Wang, Wu, Zhu & Li (NeurIPS 2024): mesa-optimization in autoregressive "
+        "linear attention",
+        _zheng2024,
     ),
 }
 
