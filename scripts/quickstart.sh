@@ -11,7 +11,7 @@ out="${1:-runs/quick}"
 shift || true
 papers=("$@")
 if [ ${#papers[@]} -eq 0 ]; then
-  papers=(ahn2023 cheng2024 ding2025)
+  papers=(ahn2023 cheng2024 ding2025 zheng2024)
 fi
 for paper in "${papers[@]}"; do
   iclab reproduce "$paper" --quick --out "$out/$paper"

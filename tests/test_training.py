@@ -264,3 +264,16 @@ def test_checkpoint_files_round_trip_complex_tensors(tmp_path):
     for k, v in tensors.items():
         assert back[k].dtype == v.dtype
         torch.testing.assert_close(back[k], v, rtol=0, atol=0)
+
+
+def test_gradient_clipping_handles_complex_parameters():
+    from iclab.config import ClipConfig
+    from iclab.training.optim import clip_gradients
+
+    p = torch.nn.Parameter(torch.zeros(2, 3, 3, dtype=torch.complex128))
+    p.grad = torch.full((2, 3, 3), 3 + 4j, dtype=torch.complex128)  # |g| = 5 per entry
+    p.grad[1] *= 0.01
+    norm = clip_gradients([p], ClipConfig(mode="global", max_norm=1.0))
+    torch.testing.assert_close(norm, torch.tensor([15.0, 0.15], dtype=torch.float64))
+    assert abs(p.grad[0].abs().square().sum().sqrt().item() - 1.0) < 1e-12  # clipped to 1
+    assert abs(p.grad[1, 0, 0] - (0.03 + 0.04j)) < 1e-15  # below the cap: untouched

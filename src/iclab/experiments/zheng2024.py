@@ -41,6 +41,11 @@ from iclab.training import TrainResult, train
 TITLE = "Zheng et al. (2024): mesa-optimization in autoregressively trained linear attention"
 
 INITS = ((0.1, 0.1), (0.5, 1.5), (2.0, 2.0))
+# Gradient flow is discretized with the paper's step sizes, the step length capped at STEP_CAP
+# (global gradient clipping at STEP_CAP / lr): far from the optimum (large inits) plain steps
+# diverge; the cap only rescales time along the same flow direction and is inactive near the
+# limit, so the limit point is the flow's.
+STEP_CAP = 0.05
 # the paper's gradient-flow learning rates per x_1 law and scale
 LEARNING_RATES = {
     ("gaussian", 0.5): 1e-3,
@@ -94,6 +99,8 @@ def _train(
         f"model.a0={a0}",
         f"model.b0={b0}",
         f"train.lr={lr}",
+        "train.clip.mode=global",
+        f"train.clip.max_norm={STEP_CAP / lr:g}",
         f"train.steps={budget.epochs}",
         f"train.batch_size={budget.sequences}",
         f"train.test_size={budget.test_size}",

@@ -54,7 +54,7 @@ def clip_gradients(params: Iterable[torch.nn.Parameter], cfg: ClipConfig) -> tor
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return None
-    sq = sum(g.pow(2).flatten(1).sum(1) for g in grads)  # (E,)
+    sq = sum(g.abs().square().flatten(1).sum(1) for g in grads)  # (E,), complex grads too
     norm = sq.sqrt()
     if cfg.mode == "global":
         scale = (cfg.max_norm / (norm + 1e-12)).clamp(max=1.0)
@@ -62,6 +62,6 @@ def clip_gradients(params: Iterable[torch.nn.Parameter], cfg: ClipConfig) -> tor
             g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
     elif cfg.mode == "per_matrix":
         for g in grads:
-            m = g.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt()
+            m = g.abs().square().sum(dim=(-2, -1), keepdim=True).sqrt()
             g.mul_((cfg.max_norm / (m + 1e-12)).clamp(max=1.0))
     return norm
