@@ -24,7 +24,7 @@ def test_report_contract_figures_and_resume(tmp_path):
     rows = reproduce_zheng2024(tmp_path, budget=TINY, device="cpu", progress=False)
     report = json.loads((tmp_path / "report.json").read_text())
     # per law: one ab row per init + ratio/MSE row; ones, Gaussian init, mesa check
-    assert len(report) == len(rows) == 2 * (2 + 1) + 3
+    assert len(report) == len(rows) == 2 * (2 + 1) + 1 + 3
     keys = {"quantity", "theory", "trained_mean", "trained_std", "n_seeds", "verdict", "note"}
     assert all(set(r) == keys and r["verdict"] in {"pass", "fail"} for r in report)
     mesa = [r for r in report if r["quantity"].startswith("diagonal model = mesa-optimizer")]
