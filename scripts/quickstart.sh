@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install iclab (CPU torch pinned by constraints.txt) and run the quick reproductions of every
 # paper iclab implements: figures and a report (report.md, report.json) per paper in
-# OUT/<paper> (OUT defaults to runs/quick). About 6 min (ahn2023) + 5 min (cheng2024) + 8 min
-# (ding2025) on 2 cores.
+# OUT/<paper> (OUT defaults to runs/quick). About 6 min (ahn2023) + 5 min (cheng2024) + 6 min
+# (ding2025) + 5 min (zheng2024) on 2 cores.
 #   bash scripts/quickstart.sh [OUT] [PAPER ...]     e.g. bash scripts/quickstart.sh runs/q cheng2024
 set -euo pipefail
 cd "$(dirname "$0")/.."
