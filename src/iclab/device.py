@@ -24,3 +24,21 @@ def resolve_dtype(name: str) -> torch.dtype:
         return DTYPES[name]
     except KeyError:
         raise ValueError(f"dtype: {name!r} is not one of {sorted(DTYPES)}") from None
+
+
+_COMPLEX = {
+    torch.float32: torch.complex64,
+    torch.float64: torch.complex128,
+    torch.complex64: torch.complex64,
+    torch.complex128: torch.complex128,
+}
+
+
+def complex_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The complex dtype of a working dtype: float32 → complex64, float64 → complex128."""
+    try:
+        return _COMPLEX[dtype]
+    except KeyError:
+        raise ValueError(
+            f"dtype: expected float32, float64, complex64 or complex128, got {dtype}"
+        ) from None

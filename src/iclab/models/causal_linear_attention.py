@@ -71,6 +71,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
+from iclab.device import complex_dtype
 from iclab.seeding import make_generator
 
 __all__ = [
@@ -81,22 +82,6 @@ __all__ = [
     "naive_predict_all",
     "tokens",
 ]
-
-_COMPLEX = {
-    torch.float32: torch.complex64,
-    torch.float64: torch.complex128,
-    torch.complex64: torch.complex64,
-    torch.complex128: torch.complex128,
-}
-
-
-def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
-    try:
-        return _COMPLEX[dtype]
-    except KeyError:
-        raise ValueError(
-            f"dtype: expected float32, float64, complex64 or complex128, got {dtype}"
-        ) from None
 
 
 class CausalLinearAttentionConfig(BaseModel):
@@ -159,7 +144,7 @@ def gd_step_prediction(x: torch.Tensor, c: complex | float | torch.Tensor) -> to
     ``B_t = Σ_{i<t} x_{i+1} x_iᴴ`` (O(T·d²)).
     """
     if not x.is_complex():
-        x = x.to(_complex_dtype(x.dtype))
+        x = x.to(complex_dtype(x.dtype))
     T = x.shape[-2]
     nxt, cur = x[..., 1:, :], x[..., :-1, :]
     pairs = nxt.unsqueeze(-1) * cur.conj().unsqueeze(-2)  # (…, T−1, d, d): x_{i+1} x_iᴴ
@@ -209,7 +194,7 @@ class CausalLinearAttention(nn.Module):
         self.d = d
         self.config = config
         self.seeds = list(seeds)
-        cd = _complex_dtype(dtype)
+        cd = complex_dtype(dtype)
         E = len(self.seeds)
         kw = dict(device=device, dtype=cd)
         self.W_KQ = nn.Parameter(torch.zeros(E, 2 * d, 2 * d, **kw))

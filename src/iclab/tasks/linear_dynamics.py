@@ -48,6 +48,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from iclab.device import complex_dtype
 from iclab.seeding import make_generator
 from iclab.tasks.prompts import EnsembleTask
 
@@ -56,7 +57,6 @@ __all__ = [
     "LinearDynamicsConfig",
     "LinearDynamicsTask",
     "X1Sampler",
-    "complex_dtype",
 ]
 
 X1Sampler = Callable[[torch.Generator, tuple[int, ...], torch.device], torch.Tensor]
@@ -64,23 +64,6 @@ X1Sampler = Callable[[torch.Generator, tuple[int, ...], torch.device], torch.Ten
 
 Transition = Literal["complex_diagonal_unitary", "real_orthogonal", "stable"]
 X1Law = Literal["gaussian", "sparse", "ones", "custom"]
-
-_COMPLEX = {
-    torch.float32: torch.complex64,
-    torch.float64: torch.complex128,
-    torch.complex64: torch.complex64,
-    torch.complex128: torch.complex128,
-}
-
-
-def complex_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The complex dtype of a working dtype: float32 → complex64, float64 → complex128."""
-    try:
-        return _COMPLEX[dtype]
-    except KeyError:
-        raise ValueError(
-            f"dtype: expected float32, float64, complex64 or complex128, got {dtype}"
-        ) from None
 
 
 class LinearDynamicsConfig(BaseModel):
