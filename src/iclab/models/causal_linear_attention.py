@@ -72,6 +72,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from iclab.device import complex_dtype
+from iclab.models.ensemble import checked_seeds
 from iclab.seeding import make_generator
 
 __all__ = [
@@ -187,13 +188,7 @@ class CausalLinearAttention(nn.Module):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        if d < 1:
-            raise ValueError(f"d: must be >= 1, got {d}")
-        if len(seeds) < 1:
-            raise ValueError("seeds: at least one seed is required")
-        self.d = d
-        self.config = config
-        self.seeds = list(seeds)
+        self.d, self.config, self.seeds = d, config, checked_seeds(d, seeds)
         cd = complex_dtype(dtype)
         E = len(self.seeds)
         kw = dict(device=device, dtype=cd)

@@ -10,6 +10,15 @@ from torch import nn
 from iclab.seeding import make_generator
 
 
+def checked_seeds(d: int, seeds: Sequence[int]) -> list[int]:
+    """Validate an ensemble model's input dimension and seeds; the seeds as a list."""
+    if d < 1:
+        raise ValueError(f"d: must be >= 1, got {d}")
+    if len(seeds) < 1:
+        raise ValueError("seeds: at least one seed is required")
+    return list(seeds)
+
+
 @torch.no_grad()
 def init_ensemble_(module: nn.Module, seeds: Sequence[int], std: float) -> None:
     """Fill member ``e`` of every parameter with N(0, std²) draws from the stream

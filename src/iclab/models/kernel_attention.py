@@ -48,7 +48,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from iclab.models.ensemble import init_ensemble_
+from iclab.models.ensemble import checked_seeds, init_ensemble_
 
 __all__ = ["Activation", "KernelAttention", "KernelAttentionConfig"]
 
@@ -116,13 +116,7 @@ class KernelAttention(nn.Module):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        if d < 1:
-            raise ValueError(f"d: must be >= 1, got {d}")
-        if len(seeds) < 1:
-            raise ValueError("seeds: at least one seed is required")
-        self.d = d
-        self.config = config
-        self.seeds = list(seeds)
+        self.d, self.config, self.seeds = d, config, checked_seeds(d, seeds)
         self.sign = -1.0 if config.readout == "negative" else 1.0
         E, L, H = len(seeds), config.layers, len(config.heads)
         kw = dict(device=device, dtype=dtype)

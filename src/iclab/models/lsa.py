@@ -47,7 +47,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from iclab.models.ensemble import init_ensemble_
+from iclab.models.ensemble import checked_seeds, init_ensemble_
 
 Parametrization = Literal["full", "pgd", "sparse_pgd", "label_row"]
 Readout = Literal["negative", "positive"]
@@ -103,13 +103,7 @@ class LinearSelfAttention(nn.Module):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        if d < 1:
-            raise ValueError(f"d: must be >= 1, got {d}")
-        if len(seeds) < 1:
-            raise ValueError("seeds: at least one seed is required")
-        self.d = d
-        self.config = config
-        self.seeds = list(seeds)
+        self.d, self.config, self.seeds = d, config, checked_seeds(d, seeds)
         self.sign = -1.0 if config.readout == "negative" else 1.0
         E, L, H, D = len(seeds), config.layers, config.heads, d + 1
         kw = dict(device=device, dtype=dtype)

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from iclab.models.ensemble import checked_seeds
 from iclab.seeding import make_generator
 
 __all__ = ["SIZE_PRESETS", "SoftmaxTransformer", "SoftmaxTransformerConfig"]
@@ -167,13 +168,7 @@ class SoftmaxTransformer(nn.Module):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        if d < 1:
-            raise ValueError(f"d: must be >= 1, got {d}")
-        if len(seeds) < 1:
-            raise ValueError("seeds: at least one seed is required")
-        self.d = d
-        self.config = config
-        self.seeds = list(seeds)
+        self.d, self.config, self.seeds = d, config, checked_seeds(d, seeds)
         E, L, W, M = len(seeds), config.layers, config.width, config.mlp_width
         kw = dict(device=device, dtype=dtype)
 
