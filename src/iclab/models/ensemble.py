@@ -31,3 +31,30 @@ def init_ensemble_(module: nn.Module, seeds: Sequence[int], std: float) -> None:
             p[e].copy_(
                 torch.randn(p.shape[1:], generator=gen, device=p.device, dtype=p.dtype) * std
             )
+
+
+class TokenRowModel:
+    """Mixin for models that read a prompt as token rows ``[x_i, y_i]`` plus ``[x_q, 0]``.
+
+    Provides :meth:`tokens` and the trainer hooks (:meth:`prepare`, :meth:`predict_prepared`)
+    and ``forward`` on top of the subclass's ``predict_tokens(tokens) -> (E, B)``.
+    """
+
+    @staticmethod
+    def tokens(x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
+        """Token rows (E, B, n+1, d+1) from x (E, B, n, d), y (E, B, n), x_query (E, B, d)."""
+        ctx = torch.cat([x, y.unsqueeze(-1)], dim=-1)
+        q = torch.cat([x_query, torch.zeros_like(x_query[..., :1])], dim=-1)
+        return torch.cat([ctx, q.unsqueeze(-2)], dim=-2)
+
+    def prepare(self, batch: object) -> torch.Tensor:
+        """Trainer hook: the state of a task batch (with .x, .y, .x_query) is its token matrix."""
+        return self.tokens(batch.x, batch.y, batch.x_query)  # type: ignore[attr-defined]
+
+    def predict_prepared(self, state: torch.Tensor) -> torch.Tensor:
+        """Trainer hook: predictions (E, B) from :meth:`prepare`'s tokens."""
+        return self.predict_tokens(state)  # type: ignore[attr-defined]
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
+        """Predictions (E, B) for prompts x (E, B, n, d), y (E, B, n), x_query (E, B, d)."""
+        return self.predict_tokens(self.tokens(x, y, x_query))  # type: ignore[attr-defined]

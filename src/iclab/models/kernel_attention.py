@@ -48,7 +48,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from iclab.models.ensemble import checked_seeds, init_ensemble_
+from iclab.models.ensemble import TokenRowModel, checked_seeds, init_ensemble_
 
 __all__ = ["Activation", "KernelAttention", "KernelAttentionConfig"]
 
@@ -104,7 +104,7 @@ def _overflow_error(s: torch.Tensor) -> FloatingPointError:
     )
 
 
-class KernelAttention(nn.Module):
+class KernelAttention(TokenRowModel, nn.Module):
     """An ensemble of ``E`` L-layer non-linear attention models; see the module docstring."""
 
     def __init__(
@@ -172,25 +172,6 @@ class KernelAttention(nn.Module):
                     ) from None
 
     # ----------------------------------------------------------------------------- forward
-    @staticmethod
-    def tokens(x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
-        """Token rows (E, B, n+1, d+1) from x (E, B, n, d), y (E, B, n), x_query (E, B, d)."""
-        ctx = torch.cat([x, y.unsqueeze(-1)], dim=-1)
-        q = torch.cat([x_query, torch.zeros_like(x_query[..., :1])], dim=-1)
-        return torch.cat([ctx, q.unsqueeze(-2)], dim=-2)
-
-    def prepare(self, batch: object) -> torch.Tensor:
-        """Trainer hook: the state of a task batch (with .x, .y, .x_query) is its token matrix."""
-        return self.tokens(batch.x, batch.y, batch.x_query)  # type: ignore[attr-defined]
-
-    def predict_prepared(self, state: torch.Tensor) -> torch.Tensor:
-        """Trainer hook: predictions (E, B) from :meth:`prepare`'s tokens."""
-        return self.predict_tokens(state)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
-        """Predictions (E, B) for prompts x (E, B, n, d), y (E, B, n), x_query (E, B, d)."""
-        return self.predict_tokens(self.tokens(x, y, x_query))
-
     def forward_tokens(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """Residual stream of every layer: ``[Z_0, …, Z_L]``, each (E, B, n+1, d+1)."""
         d = self.d

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from iclab.models.ensemble import checked_seeds
+from iclab.models.ensemble import TokenRowModel, checked_seeds
 from iclab.seeding import make_generator
 
 __all__ = ["SIZE_PRESETS", "SoftmaxTransformer", "SoftmaxTransformerConfig"]
@@ -156,7 +156,7 @@ def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     return y * weight.reshape(shape) + bias.reshape(shape)
 
 
-class SoftmaxTransformer(nn.Module):
+class SoftmaxTransformer(TokenRowModel, nn.Module):
     """An ensemble of ``E`` GPT-2-style softmax transformers; see the module docstring."""
 
     def __init__(
@@ -231,13 +231,6 @@ class SoftmaxTransformer(nn.Module):
         return sum(p[0].numel() for p in self.parameters())
 
     # ----------------------------------------------------------------------------- forward
-    @staticmethod
-    def tokens(x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
-        """Token rows (E, B, n+1, d+1) from x (E, B, n, d), y (E, B, n), x_query (E, B, d)."""
-        ctx = torch.cat([x, y.unsqueeze(-1)], dim=-1)
-        q = torch.cat([x_query, torch.zeros_like(x_query[..., :1])], dim=-1)
-        return torch.cat([ctx, q.unsqueeze(-2)], dim=-2)
-
     def attention_mask(self, n: int, device: torch.device | str | None = None) -> torch.Tensor:
         """Boolean (n+1, n+1) mask, ``[m, j]`` True if row m may attend to row j."""
         device = self.device if device is None else device
@@ -245,18 +238,6 @@ class SoftmaxTransformer(nn.Module):
         if self.config.causal:
             return idx[None, :] <= idx[:, None]
         return (idx[None, :] < n) | (idx[:, None] == n)
-
-    def prepare(self, batch: object) -> torch.Tensor:
-        """Trainer hook: the state of a task batch (with .x, .y, .x_query) is its token matrix."""
-        return self.tokens(batch.x, batch.y, batch.x_query)  # type: ignore[attr-defined]
-
-    def predict_prepared(self, state: torch.Tensor) -> torch.Tensor:
-        """Trainer hook: predictions (E, B) from :meth:`prepare`'s tokens."""
-        return self.predict_tokens(state)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
-        """Predictions (E, B) for prompts x (E, B, n, d), y (E, B, n), x_query (E, B, d)."""
-        return self.predict_tokens(self.tokens(x, y, x_query))
 
     def predict_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Predictions (E, B) from token rows (E, B, n+1, d+1)."""
