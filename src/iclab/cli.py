@@ -89,13 +89,17 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     rows = reproduce(
         args.name, args.out, quick=args.quick, device=args.device, progress=not args.quiet
     )
-    passed = sum(r.verdict == "pass" for r in rows)
     for r in rows:
         print(
-            f"[{r.verdict:4s}] {r.quantity}: trained {r.trained_mean:.4g} ± {r.trained_std:.2g}, theory {r.theory}"
+            f"[{r.verdict:7s}] {r.quantity}: trained {r.trained_mean} ± {r.trained_std}, "
+            f"theory {r.theory}, paper {r.paper}"
         )
-    print(f"{passed}/{len(rows)} checks pass; report: {Path(args.out) / 'report.md'}")
-    return 0
+    counts = {v: sum(r.verdict == v for r in rows) for v in ("pass", "refuted", "fail", "check")}
+    print(
+        ", ".join(f"{n} {v}" for v, n in counts.items())
+        + f"; report: {Path(args.out) / 'report.md'}"
+    )
+    return 1 if counts["fail"] else 0
 
 
 def _cmd_theory(args: argparse.Namespace) -> int:

@@ -99,7 +99,9 @@ class TrainConfig(BaseModel):
     eps: float = Field(1e-8, gt=0.0, description="Adam/AdamW epsilon")
     weight_decay: float = Field(0.0, ge=0.0, description="weight decay (AdamW: decoupled)")
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD momentum")
-    steps: int = Field(1000, ge=1, description="optimizer steps")
+    steps: int = Field(
+        1000, ge=0, description="optimizer steps (0 evaluates and saves the initialization)"
+    )
     batch_size: int = Field(1000, ge=1, description="training prompts per step and seed")
     resample_every: int = Field(1, ge=1, description="draw a fresh training batch every k steps")
     clip: ClipConfig = ClipConfig()

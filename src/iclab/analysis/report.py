@@ -1,78 +1,305 @@
-"""The reproduction report contract: ``report.md`` for people, ``report.json`` for machines.
+"""The reproduction report contract (v2): ``report.md`` for people, ``report.json`` for machines.
 
-``report.json`` is a list of rows ``{quantity, theory, trained_mean, trained_std, n_seeds,
-verdict: pass|fail, note}``; every ``iclab reproduce NAME --out DIR`` writes one.
+A report is a list of rows, one per quantity the paper makes a statement about::
+
+    quantity · theory · paper · trained_mean · trained_std · n_seeds · threshold · verdict · note
+
+- ``theory``: iclab's closed-form (or Monte Carlo) value the trained number is held against;
+- ``paper``: the paper's own number, or its claim in words (None when it states neither);
+- ``threshold``: the test, spelled out with its numbers, e.g. ``|mean − θ| ≤ 3·SE + 5%·θ = …``;
+- ``verdict``:
+
+  * ``pass`` — the claim was reproduced within the stated threshold;
+  * ``fail`` — not reproduced: a defect or an unconverged budget (never acceptable in a shipped
+    budget);
+  * ``refuted`` — the claim was tested properly and does not hold; the note gives the evidence
+    (the caller passes ``evidence`` only when that evidence was itself established);
+  * ``check`` — an internal identity (e.g. a model equals its recursion to 1e-15): not counted
+    as a reproduction. A broken identity is a ``fail``.
+
+Thresholds have a basis: a trained number is compared with its target within ``k`` standard
+errors of the mean (measured over seeds and, where given, test prompts) plus a stated
+optimization tolerance (:class:`Tolerance`). ``report.json`` is ``{"contract": 2, "title",
+"budget", "wall_s", "git_commit", "versions", "seeds", "summary", "rows": [...]}``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import torch
 
 from iclab.analysis.metrics import mean_std
 from iclab.training.checkpoint import atomic_write_json, atomic_write_text
+
+Verdict = Literal["pass", "fail", "refuted", "check"]
+VERDICTS: tuple[Verdict, ...] = ("pass", "fail", "refuted", "check")
+Relation = Literal["≈", "≤", "≥"]
+CONTRACT_VERSION = 2
 
 
 @dataclass(frozen=True)
 class ReportRow:
     quantity: str
     theory: float | None
-    trained_mean: float
-    trained_std: float
+    paper: float | str | None
+    trained_mean: float | None
+    trained_std: float | None
     n_seeds: int
-    verdict: Literal["pass", "fail"]
+    threshold: str
+    verdict: Verdict
     note: str = ""
 
-    def as_json(self) -> dict:
-        def clean(v: float | None) -> float | None:
-            return None if v is None or not math.isfinite(v) else float(v)
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict: expected one of {VERDICTS}, got {self.verdict!r}")
 
-        d = asdict(self)
-        d.update(
-            theory=clean(self.theory),
-            trained_mean=clean(self.trained_mean),
-            trained_std=clean(self.trained_std),
-        )
-        return d
+    @property
+    def is_claim(self) -> bool:
+        """A reproduction row (pass / fail / refuted), as opposed to an internal ``check``."""
+        return self.verdict != "check"
+
+    def as_json(self) -> dict[str, Any]:
+        def clean(v: Any) -> Any:
+            if isinstance(v, float) and not math.isfinite(v):
+                return None
+            return v
+
+        return {k: clean(v) for k, v in asdict(self).items()}
 
 
-def report_row(quantity: str, theory: float | None, values, ok: bool, note: str = "") -> ReportRow:
-    """A row from per-seed ``values`` (mean ± sample std) and a pass/fail decision."""
-    m, s = mean_std(values)
-    return ReportRow(quantity, theory, m, s, len(values), "pass" if ok else "fail", note)
+def standard_error(values: Sequence[float], prompt_se: Sequence[float] | None = None) -> float:
+    """Standard error of the mean over seeds of per-seed ``values``.
+
+    With one seed, or when the per-seed values carry their own test-prompt standard errors
+    ``prompt_se``, the larger of the two estimates is used: the seed-to-seed spread
+    ``std/√E`` and the test-prompt noise ``√(mean(se_i²)/E)`` (three seeds estimate a spread
+    poorly; the prompt noise is a floor any seed count must respect).
+    """
+    t = torch.as_tensor(list(values), dtype=torch.float64)
+    e = t.numel()
+    spread = mean_std(t)[1] / math.sqrt(e) if e > 1 else 0.0
+    noise = 0.0
+    if prompt_se is not None:
+        s = torch.as_tensor(list(prompt_se), dtype=torch.float64)
+        noise = math.sqrt(float(s.pow(2).mean()) / e)
+    return max(spread, noise)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """A comparison tolerance: ``k`` standard errors plus an optimization tolerance, stated as a
+    fraction ``rel`` of the target plus an absolute ``abs``."""
+
+    k: float = 3.0
+    rel: float = 0.0
+    abs: float = 0.0
+
+    def value(self, se: float, target: float) -> float:
+        return self.k * se + self.rel * abs(target) + self.abs
+
+    def describe(self, se: float, target: float) -> str:
+        parts = [f"{self.k:g}·SE({se:.2g})"]
+        if self.rel:
+            parts.append(f"{self.rel:.3g}·|target|")
+        if self.abs:
+            parts.append(f"{self.abs:.2g}")
+        return " + ".join(parts) + f" = {self.value(se, target):.3g}"
 
 
 def _fmt(v: float | None) -> str:
-    if v is None:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "—"
     return f"{v:.4g}"
 
 
+def compare(
+    quantity: str,
+    values: Sequence[float],
+    target: float,
+    relation: Relation,
+    tolerance: Tolerance,
+    *,
+    se: float | None = None,
+    prompt_se: Sequence[float] | None = None,
+    theory: float | None = None,
+    paper: float | str | None = None,
+    note: str = "",
+    evidence: str | None = None,
+) -> ReportRow:
+    """A claim row: the mean over seeds of ``values`` against ``target``.
+
+    ``relation`` is the claim: ``≈`` (|mean − target| ≤ tol), ``≤`` (mean ≤ target + tol) or
+    ``≥`` (mean ≥ target − tol), with ``tol = tolerance.value(se, target)`` and ``se`` the
+    standard error (measured by :func:`standard_error` from the per-seed spread and
+    ``prompt_se`` when not given). ``theory`` defaults to ``target``. When the claim fails and
+    ``evidence`` is given (the caller established that the test itself was sound, e.g. the run
+    converged), the verdict is ``refuted`` with the evidence in the note; otherwise ``fail``.
+    """
+    vals = [float(v) for v in values]
+    mean, std = mean_std(vals)
+    if se is None:
+        se = standard_error(vals, prompt_se)
+    tol = tolerance.value(se, target)
+    if not math.isfinite(mean):
+        ok = False
+    elif relation == "≈":
+        ok = abs(mean - target) <= tol
+    elif relation == "≤":
+        ok = mean <= target + tol
+    elif relation == "≥":
+        ok = mean >= target - tol
+    else:
+        raise ValueError(f"relation: expected one of ≈, ≤, ≥, got {relation!r}")
+    lhs = "|mean − target|" if relation == "≈" else "mean"
+    rhs = {"≈": "", "≤": f"{target:.4g} + ", "≥": f"{target:.4g} − "}[relation]
+    op = "≥" if relation == "≥" else "≤"
+    threshold = f"{lhs} {op} {rhs}{tolerance.describe(se, target)}"
+    verdict: Verdict = "pass" if ok else ("refuted" if evidence else "fail")
+    if verdict == "refuted":
+        note = f"{note} Refuted: {evidence}".strip()
+    return ReportRow(
+        quantity,
+        target if theory is None else theory,
+        paper,
+        mean,
+        std,
+        len(vals),
+        threshold,
+        verdict,
+        note,
+    )
+
+
+def claim(
+    quantity: str,
+    values: Sequence[float],
+    ok: bool,
+    threshold: str,
+    *,
+    theory: float | None = None,
+    paper: float | str | None = None,
+    note: str = "",
+    evidence: str | None = None,
+) -> ReportRow:
+    """A claim row decided by the caller (``ok``), for tests that are not a mean-vs-target
+    comparison (a sign test, a trend fitted with its uncertainty, a ranking); ``threshold``
+    must state the test and its numbers."""
+    vals = [float(v) for v in values]
+    mean, std = mean_std(vals) if vals else (float("nan"), float("nan"))
+    verdict: Verdict = "pass" if ok else ("refuted" if evidence else "fail")
+    if verdict == "refuted":
+        note = f"{note} Refuted: {evidence}".strip()
+    return ReportRow(quantity, theory, paper, mean, std, len(vals), threshold, verdict, note)
+
+
+def check(
+    quantity: str,
+    error: float | Sequence[float],
+    bound: float,
+    *,
+    theory: float | None = 0.0,
+    note: str = "",
+) -> ReportRow:
+    """An internal identity: the largest ``error`` must be ≤ ``bound`` (verdict ``check``;
+    ``fail`` if the identity is broken)."""
+    errs = [float(error)] if isinstance(error, (int, float)) else [float(e) for e in error]
+    worst = max(errs) if errs else float("nan")
+    ok = math.isfinite(worst) and worst <= bound
+    mean, std = mean_std(errs)
+    return ReportRow(
+        quantity,
+        theory,
+        None,
+        mean,
+        std,
+        len(errs),
+        f"max ≤ {bound:.2g} (identity)",
+        "check" if ok else "fail",
+        note,
+    )
+
+
+def summary(rows: Sequence[ReportRow]) -> dict[str, int]:
+    return {v: sum(r.verdict == v for r in rows) for v in VERDICTS}
+
+
+@dataclass
+class ReportMeta:
+    """What produced a report: budget, wall time, commit, versions, seeds."""
+
+    budget: str
+    wall_s: float
+    git_commit: str | None
+    versions: dict[str, str]
+    seeds: list[int]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _md_cell(v: Any) -> str:
+    if isinstance(v, float) or v is None:
+        return _fmt(v)
+    return str(v).replace("|", "\\|")
+
+
 def write_report(
-    out: Path, title: str, rows: list[ReportRow], sections: list[str] | None = None
+    out: Path,
+    title: str,
+    rows: list[ReportRow],
+    sections: list[str] | None = None,
+    meta: ReportMeta | None = None,
 ) -> None:
-    """Write ``report.md`` (table + free-form sections with figures) and ``report.json``."""
-    lines = [
-        f"# {title}",
+    """Write ``report.md`` (table, one summary line per verdict, sections with figures) and
+    ``report.json`` (the same rows plus ``meta``)."""
+    counts = summary(rows)
+    lines = [f"# {title}", ""]
+    if meta is not None:
+        lines += [
+            f"Budget **{meta.budget}** · wall {meta.wall_s:.0f} s · commit "
+            f"`{meta.git_commit or 'unknown'}` · seeds {meta.seeds} · "
+            + ", ".join(f"{k} {v}" for k, v in meta.versions.items()),
+            "",
+        ]
+    claims = counts["pass"] + counts["fail"] + counts["refuted"]
+    lines += [
+        f"- **pass**: {counts['pass']} of {claims} claim rows reproduced within their threshold",
+        f"- **refuted**: {counts['refuted']} claim rows tested and found not to hold (evidence "
+        "in the note)",
+        f"- **fail**: {counts['fail']} claim rows not reproduced (a defect or an unconverged "
+        "budget)",
+        f"- **check**: {counts['check']} internal identities hold",
         "",
-        "| quantity | theory | trained (mean ± std) | seeds | verdict | note |",
-        "|---|---|---|---|---|---|",
+        "| quantity | theory | paper | trained (mean ± std) | seeds | threshold | verdict | note |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         trained = f"{_fmt(r.trained_mean)} ± {_fmt(r.trained_std)}"
-        verdict = "**pass**" if r.verdict == "pass" else "**FAIL**"
+        verdict = "**FAIL**" if r.verdict == "fail" else f"**{r.verdict}**"
         lines.append(
-            f"| {r.quantity} | {_fmt(r.theory)} | {trained} | {r.n_seeds} | {verdict} | {r.note} |"
+            f"| {_md_cell(r.quantity)} | {_fmt(r.theory)} | {_md_cell(r.paper)} | {trained} | "
+            f"{r.n_seeds} | {_md_cell(r.threshold)} | {verdict} | {_md_cell(r.note)} |"
         )
-    passed = sum(r.verdict == "pass" for r in rows)
-    lines += ["", f"{passed}/{len(rows)} checks pass.", ""]
+    lines.append("")
     for s in sections or []:
         lines += [s, ""]
     atomic_write_text(out / "report.md", "\n".join(lines))
-    atomic_write_json(out / "report.json", [r.as_json() for r in rows])
+    doc: dict[str, Any] = {"contract": CONTRACT_VERSION, "title": title}
+    if meta is not None:
+        doc.update(asdict(meta))
+    doc["summary"] = counts
+    doc["rows"] = [r.as_json() for r in rows]
+    atomic_write_json(out / "report.json", doc)
+
+
+def read_report(path: str | Path) -> list[ReportRow]:
+    """The rows of a ``report.json`` (contract v2)."""
+    doc = json.loads(Path(path).read_text())
+    return [ReportRow(**row) for row in doc["rows"]]
 
 
 def runs_table(runs_dir: Path, preamble: str = "") -> str:

@@ -1,0 +1,146 @@
+"""The report contract v2 and the experiment shape (runs declared apart from the analysis)."""
+
+import json
+from typing import ClassVar
+
+import pytest
+
+from iclab.analysis.report import (
+    ReportRow,
+    Tolerance,
+    check,
+    claim,
+    compare,
+    read_report,
+    standard_error,
+    write_report,
+)
+from iclab.experiments.experiment import (
+    Context,
+    Experiment,
+    Run,
+    configure,
+    run_experiment,
+)
+
+ROW_KEYS = {
+    "quantity",
+    "theory",
+    "paper",
+    "trained_mean",
+    "trained_std",
+    "n_seeds",
+    "threshold",
+    "verdict",
+    "note",
+}
+
+
+def test_standard_error_takes_the_larger_of_seed_spread_and_prompt_noise():
+    assert standard_error([1.0, 1.0, 1.0]) == 0.0
+    assert standard_error([1.0, 3.0]) == pytest.approx(2**0.5 / 2**0.5)  # std √2 over √2
+    # three equal seeds still carry their test prompts' noise
+    assert standard_error([1.0, 1.0, 1.0], prompt_se=[0.3, 0.3, 0.3]) == pytest.approx(0.3 / 3**0.5)
+
+
+@pytest.mark.parametrize(
+    ("relation", "values", "ok"),
+    [
+        ("≈", [1.0, 1.02, 0.98], True),
+        ("≈", [1.5, 1.52, 1.48], False),
+        ("≤", [0.5, 0.5, 0.5], True),
+        ("≤", [1.2, 1.2, 1.2], False),
+        ("≥", [1.2, 1.2, 1.2], True),
+        ("≥", [0.5, 0.5, 0.5], False),
+    ],
+)
+def test_compare_decides_each_relation(relation, values, ok):
+    row = compare("q", values, 1.0, relation, Tolerance(k=3, rel=0.05))
+    assert row.verdict == ("pass" if ok else "fail")
+    assert "SE" in row.threshold and row.n_seeds == 3
+
+
+def test_compare_fails_on_nan_and_refutes_only_with_evidence():
+    assert compare("q", [float("nan")], 1.0, "≈", Tolerance(rel=10)).verdict == "fail"
+    row = compare("q", [2.0, 2.0], 1.0, "≈", Tolerance(rel=0.01), evidence="converged, 5 SE off")
+    assert row.verdict == "refuted" and "converged" in row.note
+    # evidence never turns a pass into anything else
+    assert compare("q", [1.0], 1.0, "≈", Tolerance(), evidence="x").verdict == "pass"
+
+
+def test_check_rows_are_identities_and_fail_when_broken():
+    assert check("model = recursion", [1e-16, 2e-16], 1e-12).verdict == "check"
+    assert check("model = recursion", [1e-3], 1e-12).verdict == "fail"
+    assert claim("trend", [1.0], False, "slope > 0 at 3 SE").verdict == "fail"
+
+
+def test_row_rejects_unknown_verdict():
+    with pytest.raises(ValueError, match="verdict"):
+        ReportRow("q", None, None, 1.0, 0.0, 1, "", "maybe")  # type: ignore[arg-type]
+
+
+def test_write_and_read_report(tmp_path):
+    rows = [
+        compare("a", [1.0, 1.0], 1.0, "≈", Tolerance(rel=0.1), paper=1.1),
+        check("b", 1e-16, 1e-12),
+        compare("c", [3.0], 1.0, "≤", Tolerance(), paper="claim in words"),
+    ]
+    write_report(tmp_path, "T", rows, ["## extra"])
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert doc["contract"] == 2 and doc["summary"] == {
+        "pass": 1,
+        "fail": 1,
+        "refuted": 0,
+        "check": 1,
+    }
+    assert all(set(r) == ROW_KEYS for r in doc["rows"])
+    assert read_report(tmp_path / "report.json") == rows
+    md = (tmp_path / "report.md").read_text()
+    assert "| quantity | theory | paper |" in md and "**FAIL**" in md and "## extra" in md
+    assert "- **pass**: 1 of 2 claim rows" in md
+
+
+class _OneRun(Experiment[int]):
+    name = "toy"
+    title = "toy experiment"
+    budgets: ClassVar[dict[str, int]] = {"quick": 5, "full": 10}
+
+    def runs(self, budget, device="auto"):
+        changes = {
+            "device": device,
+            "n_seeds": 2,
+            "train.steps": budget,
+            "train.batch_size": 64,
+            "train.test_size": 64,
+            "train.compile": False,
+            "train.eval_every": 5,
+        }
+        return [Run("one", configure("ahn2023_one_layer_identity", changes))]
+
+    def analyze(self, ctx: Context[int]):
+        res = ctx.runs["one"]
+        ctx.sections.append("## toy section")
+        loss = res.metrics[-1]["test_loss"]
+        return [compare("test loss", loss, 1.1538, "≈", Tolerance(rel=0.5))]
+
+
+def test_run_experiment_trains_then_analyses_folders(tmp_path):
+    rows = run_experiment(_OneRun(), tmp_path, budget="quick", device="cpu", progress=False)
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert doc["budget"] == "quick" and doc["seeds"] == [0, 1] and "torch" in doc["versions"]
+    assert doc["extra"]["runs"] == 1 and doc["wall_s"] >= 0
+    assert (tmp_path / "runs" / "one" / "model.safetensors").exists()
+    # the analysis reads folders only: without training it gives identical rows
+    again = run_experiment(
+        _OneRun(), tmp_path, budget="quick", device="cpu", progress=False, train=False
+    )
+    assert again == rows
+
+
+def test_configure_takes_typed_changes_and_validates():
+    cfg = configure("ahn2023_rotated_L3", {"model.layers": 2, "train.steps": 0})
+    assert cfg.model.layers == 2 and cfg.train.steps == 0
+    from iclab.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model\.layers"):
+        configure("ahn2023_rotated_L3", {"model.layers": 0})
