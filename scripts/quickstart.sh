@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install iclab (CPU torch pinned by constraints.txt) and run the quick reproductions of every
 # paper iclab implements: figures and a report (report.md, report.json) per paper in
-# OUT/<paper> (OUT defaults to runs/quick). About 6 min (ahn2023) + 5 min (cheng2024) + 6 min
-# (ding2025) + 5 min (zheng2024) on 2 cores.
+# OUT/<paper> (OUT defaults to runs/quick). Each paper's quick budget takes at most 10 min on 2
+# cores. Exits non-zero when any report has a `fail` row (after running every paper).
 #   bash scripts/quickstart.sh [OUT] [PAPER ...]     e.g. bash scripts/quickstart.sh runs/q cheng2024
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,8 @@ papers=("$@")
 if [ ${#papers[@]} -eq 0 ]; then
   papers=(ahn2023 cheng2024 ding2025 zheng2024)
 fi
+status=0
 for paper in "${papers[@]}"; do
-  iclab reproduce "$paper" --quick --out "$out/$paper"
+  iclab reproduce "$paper" --quick --out "$out/$paper" || status=1
 done
+exit "$status"
