@@ -68,6 +68,15 @@ def test_compare_fails_on_nan_and_refutes_only_with_evidence():
     assert compare("q", [1.0], 1.0, "≈", Tolerance(), evidence="x").verdict == "pass"
 
 
+def test_compare_without_power_cannot_pass():
+    # one diverged seed: the mean is off, but so wide an SE would let anything through
+    row = compare("q", [1.0, 1.0, 25.0], 1.0, "≈", Tolerance(k=3))
+    assert row.verdict == "fail" and "inconclusive" in row.threshold
+    assert compare("q", [1.0, 1.1, 0.9], 1.0, "≈", Tolerance(k=3)).verdict == "pass"
+    row = compare("q", [0.0, 0.0, 9.0], 0.0, "≈", Tolerance(k=3), max_tolerance=0.1)
+    assert row.verdict == "fail"
+
+
 def test_check_rows_are_identities_and_fail_when_broken():
     assert check("model = recursion", [1e-16, 2e-16], 1e-12).verdict == "check"
     assert check("model = recursion", [1e-3], 1e-12).verdict == "fail"

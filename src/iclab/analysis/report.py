@@ -131,6 +131,7 @@ def compare(
     paper: float | str | None = None,
     note: str = "",
     evidence: str | None = None,
+    max_tolerance: float | None = None,
 ) -> ReportRow:
     """A claim row: the mean over seeds of ``values`` against ``target``.
 
@@ -140,13 +141,21 @@ def compare(
     ``prompt_se`` when not given). ``theory`` defaults to ``target``. When the claim fails and
     ``evidence`` is given (the caller established that the test itself was sound, e.g. the run
     converged), the verdict is ``refuted`` with the evidence in the note; otherwise ``fail``.
+
+    A test must have power: when the tolerance exceeds ``max_tolerance`` (default ``|target|``
+    for a non-zero target — a tolerance that wide cannot tell the target from 0 or from twice
+    it), the row cannot pass: it fails as inconclusive (the seeds disagree too much, e.g. one
+    diverged).
     """
     vals = [float(v) for v in values]
     mean, std = mean_std(vals)
     if se is None:
         se = standard_error(vals, prompt_se)
     tol = tolerance.value(se, target)
-    if not math.isfinite(mean):
+    if max_tolerance is None:
+        max_tolerance = abs(target) if target != 0 else math.inf
+    powerless = not tol <= max_tolerance
+    if not math.isfinite(mean) or powerless:
         ok = False
     elif relation == "≈":
         ok = abs(mean - target) <= tol
@@ -160,6 +169,10 @@ def compare(
     rhs = {"≈": "", "≤": f"{target:.4g} + ", "≥": f"{target:.4g} − "}[relation]
     op = "≥" if relation == "≥" else "≤"
     threshold = f"{lhs} {op} {rhs}{tolerance.describe(se, target)}"
+    if powerless:
+        threshold += f" (inconclusive: exceeds {max_tolerance:.3g})"
+        note = f"{note} Inconclusive: the tolerance exceeds {max_tolerance:.3g}.".strip()
+        evidence = None
     verdict: Verdict = "pass" if ok else ("refuted" if evidence else "fail")
     if verdict == "refuted":
         note = f"{note} Refuted: {evidence}".strip()
