@@ -211,3 +211,23 @@ def test_float32_path_and_prepare_reuse():
     ref = gd_step_prediction(batch.x.to(torch.complex128), 0.12)
     assert (y.to(torch.complex128) - ref).abs().max() < 1e-5
     torch.testing.assert_close(model.loss_prepared(state), model.loss(batch.x))
+
+
+def test_off_diagonal_drift_measures_the_distance_from_the_mesa_form():
+    d = 3
+    model = CausalLinearAttention(d, CausalLinearAttentionConfig(a0=0.4, b0=-1.5), dtype=F64)
+    assert model.off_diagonal_drift().abs().max() < 1e-15  # the diagonal init is the mesa form
+    W_KQ, W_PV = (w.detach().clone() for w in model.effective_weights())
+    W_PV[0, 0, d + 1] = 0.3  # one off-diagonal entry
+    W_KQ[0, 2 * d - 1, d - 1] = 0.1 + 0.4j  # spread of the diagonal around its mean counts too
+    model.set_weights(W_KQ=W_KQ, W_PV=W_PV)
+    a = (0.4 * (d - 1) + 0.1 + 0.4j) / d
+    off2 = 0.3**2 + sum(abs(v - a) ** 2 for v in [0.4] * (d - 1) + [0.1 + 0.4j])
+    on2 = d * (abs(a) ** 2 + 1.5**2)
+    torch.testing.assert_close(
+        model.off_diagonal_drift(), torch.tensor([(off2 / on2) ** 0.5], dtype=F64)
+    )
+    gauss = CausalLinearAttention(
+        d, CausalLinearAttentionConfig(init="gaussian"), [0, 1], dtype=F64
+    )
+    assert (gauss.off_diagonal_drift() > 1).all()  # a random matrix is far from a·I, b·I

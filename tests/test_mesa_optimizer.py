@@ -1,4 +1,4 @@
-"""Mesa-optimizer theory (Zheng et al. 2024, science.md §4): Ŵ_t against naive loops, one GD step
+"""Mesa-optimizer theory (Zheng et al. 2024): Ŵ_t against naive loops, one GD step
 (autograd, Wirtinger) and a naive diagonal attention model; x_1 moments against Monte Carlo; the
 closed-form c* against the Monte Carlo minimizer of the population loss; ratio and recovery."""
 

@@ -1,4 +1,4 @@
-"""One-layer causal linear attention on linear-dynamics sequences (Zheng et al. 2024; science.md §4).
+"""One-layer causal linear attention on linear-dynamics sequences (Zheng et al. 2024).
 
 Tokens ``e_t = [x_t; x_{t−1}] ∈ C^{2d}`` (``x_0 = 0``), ``E_t = [e_1 … e_t]``; no softmax, no
 residual. For t ≥ 2 (1-based) the prediction of ``x_{t+1}`` is
@@ -300,6 +300,24 @@ class CausalLinearAttention(nn.Module):
         """Re(a·b) per member (E,), the quantity compared with the theory limit c*."""
         return self.ab_complex().real
 
+    @torch.no_grad()
+    def off_diagonal_drift(self) -> torch.Tensor:
+        """Per member (E,) float64: ``‖W − Π_s(W)‖_F / ‖Π_s(W)‖_F`` over both matrices, with
+        ``Π_s`` the projection onto the mesa-optimizer's form (``W^{KQ}_{21} = a·I``,
+        ``W^{PV}_{11} = b·I`` with a, b the diagonal means, all else 0). 0 at a diagonal
+        initialization; NaN where ``Π_s(W) = 0``."""
+        kq, pv = (w.detach().to(torch.complex128) for w in self.effective_weights())
+        d = self.d
+        a, b = (x.to(torch.complex128) for x in self.block_scalars())
+        eye = torch.eye(d, dtype=kq.dtype, device=kq.device)
+        rkq, rpv = kq.clone(), pv.clone()
+        rkq[:, d:, :d] -= a[:, None, None] * eye
+        rpv[:, :, :d] -= b[:, None, None] * eye
+        off = rkq.abs().square().sum((-1, -2)) + rpv.abs().square().sum((-1, -2))
+        on = d * (a.abs().square() + b.abs().square())
+        ratio = off.sqrt() / on.sqrt()
+        return ratio.where(on > 0, torch.full_like(ratio, math.nan))
+
     # --------------------------------------------------------------------- forward
     def _check_x(self, x: torch.Tensor) -> torch.Tensor:
         E = self.ensemble_size
@@ -354,7 +372,7 @@ class CausalLinearAttention(nn.Module):
         """Per-seed diagnostics logged by the trainer at every evaluation: ``ab`` (real part of
         the product of the diagonal-block means), ``final_ratio`` (mean over sequences and
         coordinates with x_{T+1, j} ≠ 0 of Re(ŷ_T,j / x_{T+1, j}); theory: c*·|x_1j|²) and
-        ``final_mse`` (mean ‖ŷ_T − x_{T+1}‖²)."""
+        ``final_mse`` (mean ‖ŷ_T − x_{T+1}‖²) and ``off_diagonal`` (:meth:`off_diagonal_drift`)."""
         y = self.predict_prepared(state)[..., -1, :]  # ŷ_T (E, m, d)
         truth = batch.next_state().to(y.dtype)  # type: ignore[attr-defined]
         ok = truth.abs() > 1e-12
@@ -363,6 +381,7 @@ class CausalLinearAttention(nn.Module):
         mse = (y - truth).abs().square().sum(-1).mean(-1)
         return {
             "ab": self.ab().tolist(),
+            "off_diagonal": self.off_diagonal_drift().tolist(),
             "final_ratio": mean_ratio.tolist(),
             "final_mse": mse.tolist(),
         }

@@ -1,4 +1,4 @@
-"""Linear-dynamics sequences (Zheng, Huang, Wang, Wu, Zhu & Li 2024; science.md §4).
+"""Linear-dynamics sequences (Zheng, Huang, Wang, Wu, Zhu & Li 2024).
 
 Each sequence has its own transition ``W`` (d×d) and start ``x_1``; then ``x_{t+1} = W x_t`` for
 t = 1..T−1. A batch holds ``x`` (E, m, T, d) and the transitions ``W`` (E, m, d, d), both
@@ -19,7 +19,7 @@ Transitions (``transition``):
 The real laws give real-valued trajectories, stored with zero imaginary part.
 
 Laws of ``x_1`` (``x1``), all *real-valued* as in the paper (its moment conditions and the limit
-``c* → 1/(5σ²)`` of science.md §4 use real Gaussian moments κ4 = 3σ⁴, κ6 = 15σ⁶; a circular
+``c* → 1/(5σ²)`` of the paper use real Gaussian moments κ4 = 3σ⁴, κ6 = 15σ⁶; a circular
 complex Gaussian would give κ4 = 2σ⁴, κ6 = 6σ⁶ and a different limit):
 
 - ``gaussian``: ``x_1 ~ N(0, σ²I)`` (``sigma``);

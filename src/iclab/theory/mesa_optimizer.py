@@ -1,5 +1,5 @@
-"""The mesa-optimizer of one-layer linear causal attention on linear dynamics (Zheng et al. 2024,
-science.md §4): the one-GD-step weights Ŵ_t, the moments of the x_1 law, the limit c* of the
+"""The mesa-optimizer of one-layer linear causal attention on linear dynamics (Zheng et al. 2024):
+the one-GD-step weights Ŵ_t, the moments of the x_1 law, the limit c* of the
 trained product ab, the predicted prediction/truth ratio, the data condition for recovery, and a
 Monte Carlo check of c*.
 
@@ -27,7 +27,7 @@ Conventions (shared by every function here):
 - **Moments** of ``u_j = |x_{1j}|²`` (:class:`X1Moments`), *averaged over coordinates*:
   ``κ2 = (1/d) Σ_j E u_j``, ``κ4 = (1/d) Σ_j E u_j²``, ``κ6 = (1/d) Σ_j E u_j³``,
   ``κ24 = (1/(d(d−1))) Σ_{j≠k} E u_j u_k²`` (undefined for d = 1, where it never enters). For a
-  law with exchangeable coordinates these are ``E|x_{1j}|⁴`` etc. of science.md §4; the
+  law with exchangeable coordinates these are ``E|x_{1j}|⁴`` etc. of the paper; the
   averaged form makes the c* formula exact for any law (see :func:`limit_ab`).
 
 Derivation of c* (checked by :func:`optimal_ab_monte_carlo`, tests in
@@ -41,7 +41,7 @@ quadratic in c, and summing t = 2..T−1 gives its minimizer
 
     c* = (T−2) κ4 / [ (T−2) κ6 + (d−1) κ24 H_{T−2} ],    H_N = Σ_{n=1}^N 1/n,
 
-which is science.md's formula (confirmed, no discrepancy). Whether training (a, b) reaches it is
+which is the paper's formula (confirmed, no discrepancy). Whether training (a, b) reaches it is
 a separate question (the paper's theorem, under its data condition). Monte Carlo minimizer
 c_opt ± SE vs c*, d = 5: real Gaussian σ = 1, T = 4: 0.12496 ± 0.00014 vs 0.12500 (n = 2·10⁶);
 T = 10: 0.15700 ± 0.00028 vs 0.15726 (10⁶); T = 100: 0.18978 ± 0.00143 vs 0.19191 (10⁵);
@@ -188,7 +188,7 @@ def x1_moments(law: str, d: int, sigma: float | None = None, c: float | None = N
     """Closed-form moments of the built-in x_1 laws (real-valued x_1):
 
     - ``"gaussian"``: ``x_1 ~ N(0, σ² I)`` real: κ2 = σ², κ4 = 3σ⁴, κ6 = 15σ⁶, κ24 = σ²·3σ⁴
-      (real is what gives science.md's ``c* → 1/(5σ²)``; a circular complex CN(0, σ²I) would
+      (real is what gives the paper's ``c* → 1/(5σ²)``; a circular complex CN(0, σ²I) would
       give κ4 = 2σ⁴, κ6 = 6σ⁶, κ24 = 2σ⁶ and ``c* → 1/(3σ²)`` — use the Monte Carlo route).
     - ``"sparse"``: ``x_1 = ±c e_k``, k uniform on {1..d}, sign uniform: κ2 = c²/d,
       κ4 = c⁴/d, κ6 = c⁶/d, κ24 = 0 (never two nonzero coordinates).
@@ -265,7 +265,7 @@ def limit_ab(T: int | float, d: int, moments: X1Moments) -> float:
 
         ``c* = (T−2) κ4 / [ (T−2) κ6 + (d−1) κ24 H_{T−2} ]``
 
-    (science.md §4's *derived* limit of the trained ab; verified here, see the module
+    (the paper's limit of the trained ab; verified here, see the module
     docstring). With the coordinate-averaged moments of :class:`X1Moments` it holds for any x_1
     law independent of the phases, exchangeable or not. ``T = math.inf`` gives the limit
     ``κ4/κ6`` (``H_N/N → 0``): real Gaussian σ → ``1/(5σ²)``; sparse c: ``1/c²`` for every T.
@@ -317,7 +317,7 @@ def recovers_sequence(moments: X1Moments, *, asymptotic: bool = False, rtol: flo
     - ``asymptotic=True``: T → ∞ and t ~ T. ``c* → κ4/κ6`` and the ratio tends to
       ``c*·u_j``, which is 1 on every nonzero coordinate iff ``κ4² = κ2 κ6``. Satisfied by
       sparse ±c·e_k and by all-ones, not by the Gaussian (κ4² = 9σ⁸ < 15σ⁸ = κ2κ6). (For
-      all-ones this is about the *diagonal* model only: science.md §4 says training there grows
+      all-ones this is about the *diagonal* model only: the paper reports that training there grows
       off-diagonal blocks, and at finite T, c* = (T−2)/((T−2)+(d−1)H_{T−2}) < 1.)
     - ``asymptotic=False`` (default): exact recovery ``ŷ_t = x_{t+1}`` for every t ≥ 2 of a.e.
       sequence, at any finite T ≥ 3. Needs in addition that no two coordinates are nonzero
