@@ -92,6 +92,19 @@ def test_dirichlet_rows_and_gamma_sampler():
         assert abs(x.var().item() - a) < 0.05 * a
 
 
+def test_one_kernel_prior_for_every_number_of_states():
+    # binary chains follow dirichlet_alpha too: rows Beta(α, α); α = 1 keeps the U(0, 1) draws
+    alpha = 0.05
+    b = _task(d=1, n=2, states=2, dirichlet_alpha=alpha).sample(20000, "dir2")
+    p01 = b.kernels[0, :, 0, 0, 1].double()
+    var = 0.25 / (2 * alpha + 1)  # Beta(α, α)
+    assert abs(p01.mean().item() - 0.5) < 4 * math.sqrt(var / p01.numel())
+    assert abs(p01.var().item() - var) < 0.05 * var
+    torch.testing.assert_close(b.kernels.sum(-1), torch.ones_like(b.kernels.sum(-1)))
+    u = _task(d=1, n=2, states=2).sample(20000, "dir2").kernels[0, :, 0, 0, 1].double()
+    assert abs(u.var().item() - 1 / 12) < 0.05 / 12  # U(0, 1)
+
+
 def test_ensemble_member_matches_single_seed_and_is_deterministic():
     kw = dict(d=3, n=4, states=3, mixture=2, initial_correlation=0.3)
     both = _task(seeds=(5, 6), **kw).sample(30, "e", 2)

@@ -1,4 +1,4 @@
-"""The multi-layer reading of a label_row LSA (science.md §3, "L layers"): the derived weight
+"""The multi-layer reading of a label_row LSA (Ding et al. 2025): the derived weight
 recursion equals the model token by token, and each term is the stated (preconditioned)
 gradient, checked with autograd in float64."""
 

@@ -1,4 +1,4 @@
-"""One LSA layer on Markov chains (Ding et al. 2025, science.md §3): features and φ against naive
+"""One LSA layer on Markov chains (Ding et al. 2025): features and φ against naive
 loops and iclab's LSA, the d = 1 closed form and the exact quadrature against Monte Carlo, and
 (non-)realizability: constructions to 1e-10, certificates that must be valid lower bounds."""
 
@@ -220,6 +220,26 @@ def test_sandwich_standard_errors_match_the_spread_of_independent_fits():
     se = torch.stack([r.X_star_se for r in runs]).mean(0)
     ratio = X.std(0) / se
     assert bool(((ratio > 0.5) & (ratio < 1.6)).all()), ratio
+
+
+def test_monte_carlo_excess_estimates_the_out_of_sample_bias():
+    # f̃(X̂) − f̃(X*) = (X̂ − X*)ᵀH(X̂ − X*) exactly (exact H at d = 2): the sandwich estimate
+    # tr(H·Cov X̂) matches its average over independent small fits, and the corrected loss
+    # removes the bias of the out-of-sample loss
+    ex = one_layer_optimum_exact(0.5, 10, 2)
+    task = _task(2, 10)
+    fits = [
+        optimum_monte_carlo(task, 400, purpose=f"small{k}", fresh_prompts=20_000) for k in range(16)
+    ]
+    true_excess = torch.tensor(
+        [float((f.X_star - ex.X_star) @ ex.H @ (f.X_star - ex.X_star)) for f in fits]
+    )
+    estimate = torch.tensor([f.excess for f in fits])
+    assert 0.6 < float(estimate.mean() / true_excess.mean()) < 1.6
+    raw = torch.tensor([f.loss_star for f in fits]).mean() - ex.loss_star
+    corrected = torch.tensor([f.loss_star_corrected for f in fits]).mean() - ex.loss_star
+    se = float(torch.tensor([f.loss_star_se for f in fits]).pow(2).mean().sqrt()) / 4
+    assert raw > 3 * se and abs(corrected) < max(3 * se, 0.5 * raw)
 
 
 def test_exact_d2_optimum_agrees_with_monte_carlo():

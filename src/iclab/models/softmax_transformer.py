@@ -1,4 +1,4 @@
-"""A small GPT-2-style softmax transformer on continuous tokens, science.md §3 (d) (Ding et al.).
+"""A small GPT-2-style softmax transformer on continuous tokens, experiment (d) of Ding et al.
 
 Tokens are rows (as in :mod:`iclab.models.lsa`): the n context rows ``[x_i; y_i]`` and the query
 row ``[x_q; 0]``, ``(E, B, n+1, d+1)``. The network:

@@ -1,15 +1,17 @@
-"""Markov-chain ICL prompts (Ding, Lu, Lu, Nowicki & Gao 2025; science.md §3).
+"""Markov-chain ICL prompts (Ding, Lu, Lu, Nowicki & Gao 2025).
 
 A prompt holds n context chains and one query chain, all of length d+1, that share one random
 transition kernel (or, with ``mixture = k > 1``, one of k kernels per chain). An example is a
 whole chain: ``x = (s_1, …, s_d)`` (the states as floats) and ``y = s_{d+1}``; the query's
 ``y`` is hidden.
 
-- **Binary states** (``states = 2``): ``p01, p10 ~ U(0, 1)`` i.i.d. per kernel, the kernel is
-  ``[[1 − p01, p01], [p10, 1 − p10]]``, and ``P(s_1 = 1) = initial_prob`` (fixed).
-- **|S| > 2 states**: every row of the kernel is an independent ``Dirichlet(α·1)`` draw
-  (``dirichlet_alpha``) and the initial state is uniform on ``{0, …, |S|−1}``.
-  (With |S| = 2, U(0, 1) rows are exactly Dirichlet(1, 1) rows.)
+- **Kernel prior** (any |S|): every row of the kernel is an independent ``Dirichlet(α·1)``
+  draw (``dirichlet_alpha``, one prior for every |S|). For binary chains with α = 1 (the
+  default) this is ``p01, p10 ~ U(0, 1)`` i.i.d. per kernel, the kernel
+  ``[[1 − p01, p01], [p10, 1 − p10]]``, drawn as two uniforms; small α makes transitions nearly
+  deterministic (binary rows ``Beta(α, α)``).
+- **Initial state**: binary chains have ``P(s_1 = 1) = initial_prob`` (fixed); for |S| > 2 it is
+  uniform on ``{0, …, |S|−1}``.
 - **Correlated initial states** (``initial_correlation = ρ``): the prompt draws one state ``s⁰``
   from the initial law; each chain starts at ``s⁰`` with probability ρ and otherwise at an
   independent draw from the initial law. ρ = 0 gives independent starts. The initial law never
@@ -54,7 +56,7 @@ class MarkovChainConfig(BaseModel):
         0.5, gt=0.0, lt=1.0, description="P(s_1 = 1) for binary chains, in (0, 1)"
     )
     dirichlet_alpha: float = Field(
-        1.0, gt=0.0, description="α of the Dirichlet(α·1) kernel rows when |S| > 2 (> 0)"
+        1.0, gt=0.0, description="α of the Dirichlet(α·1) kernel rows, any |S| (> 0)"
     )
     initial_correlation: float = Field(
         0.0, ge=0.0, lt=1.0, description="ρ: probability that a chain starts at the shared s⁰"
@@ -145,7 +147,7 @@ class MarkovChainTask(EnsembleTask):
         """(B, k, S, S) float64 transition matrices."""
         cfg = self.config
         S, k = cfg.states, cfg.mixture
-        if S == 2:
+        if S == 2 and cfg.dirichlet_alpha == 1.0:  # U(0, 1) rows = Dirichlet(1, 1) rows
             p = torch.rand(batch_size, k, 2, generator=g, device=self.device, dtype=torch.float64)
             p01, p10 = p[..., 0], p[..., 1]
             rows = [torch.stack([1 - p01, p01], -1), torch.stack([p10, 1 - p10], -1)]

@@ -1,8 +1,8 @@
-"""The Bayes-optimal predictor for Markov-chain prompts (science.md §3): the ceiling every model
-is held against.
+"""The Bayes-optimal predictor for Markov-chain prompts: the ceiling every model is held
+against.
 
 All chains of a prompt share one kernel ``P`` whose rows are independent ``Dirichlet(α·1)``
-draws (binary chains: ``p01, p10 ~ U(0, 1)``, i.e. α = 1 with |S| = 2). The initial law does
+draws, for every |S| (binary chains with α = 1: ``p01, p10 ~ U(0, 1)``). The initial law does
 not depend on ``P``, so the posterior of ``P`` given the prompt depends only on the transition
 counts ``c_{ab}`` (a → b) over the n context chains (d transitions each) and the query's own
 d − 1 transitions, and rows stay independent: row ``a`` is ``Dirichlet(α + c_a·)`` a posteriori.
@@ -95,7 +95,8 @@ def markov_bayes(batch) -> MarkovBayes:
             f"mixture: the closed-form Bayes predictor needs one kernel per prompt, got "
             f"mixture={cfg.mixture}"
         )
-    alpha = 1.0 if cfg.states == 2 else cfg.dirichlet_alpha
-    probs = markov_posterior_predictive(batch.x, batch.y, batch.x_query, cfg.states, alpha)
+    probs = markov_posterior_predictive(
+        batch.x, batch.y, batch.x_query, cfg.states, cfg.dirichlet_alpha
+    )
     values = torch.arange(cfg.states, dtype=probs.dtype, device=probs.device)
     return MarkovBayes(probabilities=probs, mean=probs @ values, mode=probs.argmax(-1))

@@ -1,4 +1,4 @@
-"""What each layer of a multi-layer LSA does to the query's prediction (science.md §3, "L layers").
+"""What each layer of a multi-layer LSA does to the query's prediction (Ding et al. 2025).
 
 Model: :class:`~iclab.models.LinearSelfAttention` with ``parametrization='label_row'`` and
 ``readout='positive'`` (Ding et al.): layer ℓ has the last row ``b_ℓ = (β_ℓ, γ_ℓ)`` of P

@@ -1,5 +1,5 @@
 """One LSA layer on Markov-chain prompts: the convex reparametrization of Ding et al. (2025),
-its optimum, and (non-)realizability of that optimum by LSA weights (science.md §3).
+its optimum, and (non-)realizability of that optimum by LSA weights.
 
 Conventions (shared by every function here):
 
@@ -209,8 +209,8 @@ def one_layer_optimum_d1(p: float, n: int, device=None) -> OneLayerOptimum:
 
     ``g = (G_xx, G_xy, G_yy) = (mean x, mean xy, mean y)`` (binary states: x² = x).
     ``h = [p²/2, p²/3, p²/12 + p/4]`` (paper). ``H = p·E[g gᵀ]`` because ``x_q² = x_q`` is
-    independent of the context with mean p, and (science.md's *derived* moments, re-derived
-    here from ``E[1 − p10] = 1/2``, ``E[(1 − p10)²] = 1/3`` and i.i.d. chains given the kernel):
+    independent of the context with mean p, and (moments derived from ``E[1 − p10] = 1/2``,
+    ``E[(1 − p10)²] = 1/3`` and i.i.d. chains given the kernel):
 
         E[G_xx²]      = p² + p(1−p)/n            E[G_xx G_xy] = (p² + p(1−p)/n)/2
         E[G_xx G_yy]  = p/2                      E[G_xy²]     = p²/3 + p(3−2p)/(6n)
@@ -303,8 +303,15 @@ class MonteCarloOptimum:
     ``H⁻¹ E[f fᵀ r²] H⁻¹ / N`` (r = y_q − fᵀX*, recomputed on the same prompts) and
     ``X_star_se`` its diagonal's square root. ``loss_star`` estimates ``f̃(X*)`` as the
     out-of-sample mean of ``(fᵀX* − y_q)²`` over ``fresh_prompts`` *independent* prompts
-    (unbiased for ``f̃`` of the fitted X*), ``loss_star_se`` its standard error;
-    ``loss_in_sample = E[y²] − hᵀX*`` on the fitting prompts (optimistic by ~dm/N)."""
+    (unbiased for ``f̃`` of the *fitted* X̂, which exceeds ``f̃(X*)`` of the true X*), and
+    ``loss_star_se`` its standard error; ``loss_in_sample = E[y²] − hᵀX̂`` on the fitting
+    prompts (optimistic).
+
+    Bias. f̃ is quadratic, so ``f̃(X̂) = f̃(X*) + (X̂ − X*)ᵀH(X̂ − X*)`` exactly, and to first
+    order in 1/N the excess has mean ``tr(H·Cov X̂) = tr(H⁻¹ E[f fᵀ r²])/N`` (≈ dm·f̃/N for
+    homoscedastic residuals); the in-sample loss falls short of f̃(X*) by the same amount.
+    ``excess`` is that trace from the sandwich covariance and ``loss_star_corrected =
+    loss_star − excess`` estimates ``f̃(X*)`` itself, with bias O(1/N²)."""
 
     H: torch.Tensor
     h: torch.Tensor
@@ -318,6 +325,8 @@ class MonteCarloOptimum:
     num_prompts: int
     fresh_prompts: int
     solver: str
+    excess: float = 0.0
+    loss_star_corrected: float = math.nan
 
 
 def _chunks(task, num_prompts: int, batch: int, purpose: str):
@@ -389,6 +398,7 @@ def optimum_monte_carlo(
         M += e.numel()
     mean = s1 / M
     var = max(s2 / M - mean * mean, 0.0) * M / max(M - 1, 1)
+    excess = float((H * cov).sum())  # tr(H·Cov X̂): the expected excess of f̃(X̂) over f̃(X*)
     return MonteCarloOptimum(
         H=H,
         h=h,
@@ -402,6 +412,8 @@ def optimum_monte_carlo(
         num_prompts=N,
         fresh_prompts=M,
         solver=solver,
+        excess=excess,
+        loss_star_corrected=mean - excess,
     )
 
 
@@ -608,7 +620,7 @@ def recover_parameters(
     ``restarts`` N(0, I) draws of b (generator seeded by ``seed``); ``iterations`` ALS sweeps,
     stopping early when no restart improves by more than ``tol`` (relative). Each sweep
     rescales ``(b, A) → (c b, A/c)`` so ``‖b‖ = ‖A‖_F`` (φ is invariant). The problem is NP-hard
-    in general (science.md §3): the result is a local optimum, exact only when certified.
+    in general (Ding et al.): the result is a local optimum, exact only when certified.
     """
     X = _f64(X)
     if X.dim() != 1:
