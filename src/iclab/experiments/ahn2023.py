@@ -1,101 +1,690 @@
-"""``iclab reproduce ahn2023``: Ahn, Cheng, Daneshmand & Sra (NeurIPS 2023), science.md §1.
+"""``iclab reproduce ahn2023``: Ahn, Cheng, Daneshmand & Sra (NeurIPS 2023), "Transformers learn
+to implement preconditioned gradient descent for in-context learning".
 
-Five parts, each a set of runs in ``OUT/runs/`` (resumable) plus figures in ``OUT/figures/``:
+Runs (typed configs, trained into ``OUT/runs/NAME``) and an analysis that reads only the finished
+run folders:
 
-0. one layer (Theorem 1): full LSA on Σ = I and on a rotated Σ; learned A vs A*, loss vs f*.
-1. Σ = I, L = 3, PGD form: A_ℓ, B_ℓ become multiples of I (distance to identity).
-2. rotated Σ, L = 3: Σ^{1/2} A_ℓ Σ^{1/2} and B_ℓ become multiples of I; final test loss vs the
-   best loss inside the theorem's class (Theorems 3–4).
-3. loss vs L = 1..4: trained LSA, L-step GD and L-step Σ⁻¹-preconditioned GD (steps tuned on
-   held-out prompts), and the best PGD-class loss.
-4. loss vs n: 3-layer LSA, 3-step GD, 3-step PGD, OLS.
+0. ``one_layer_{identity,rotated}`` — one full LSA layer (Theorem 1): its effective
+   preconditioner against ``A* = ((n+1)/n Σ + tr(Σ)/n I)⁻¹`` and its test loss against ``f*``.
+1. ``identity_L3`` — Σ = I, L = 3, PGD form from a N(0, 1e-4²) init: the A_ℓ, B_ℓ become
+   multiples of I; the scalars ``(a_ℓ, b_ℓ)`` read off them sit at a *critical point* of the
+   PGD class (``A_ℓ = a_ℓ Σ⁻¹``, ``B_ℓ = b_ℓ I``), found here by Newton's method on the class's
+   population loss and classified (local minimum / saddle); the test loss is held against the
+   loss of the critical point each seed reached. The class loss is not convex: from this init
+   the paper's own code, like ours, stops at a local minimum with loss ≈ 1.3e-3, about twice
+   the best loss of the class (≈ 6.7e-4).
+2. ``rotated_L3`` — rotated Σ (condition number 16, Σ_w = Σ⁻¹): the same in whitened
+   coordinates ``Σ^{1/2} A_ℓ Σ^{1/2}``.
+3. ``rotated_L{L}`` — loss vs depth L against the best PGD-class loss (with tuned L-step GD,
+   L-step Σ⁻¹-preconditioned GD and OLS in the figure).
+4. ``rotated_L3_n{n}`` — loss vs context size n, likewise.
+
+Thresholds (stated in every row): a test loss is compared *per seed* with its theory value
+within 3 standard errors (the seed's test-prompt SE, measured from per-prompt losses, combined
+with the Monte-Carlo SE of the theory value) plus an optimization tolerance ``TOL_*`` below; the
+seed spread is never a tolerance (a diverged seed would widen it enough to pass anything).
+Quantities computed exactly from the weights (distance to identity, error of A, deviation of
+the scalars from a critical point) carry no sampling error: every seed must be within its
+optimization tolerance. An untrained model fails every claim row (tested).
+
+Budgets: ``quick`` ≈ 9–10 min on 2 CPU cores (3 seeds); ``full`` (5 seeds, bigger batches,
+longer runs, more n) is sized for ≤ 60 min from the quick run's measured step rates.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
 from iclab.algorithms import ols, preconditioned_gd, tune_gd_step_sizes
-from iclab.analysis import (
-    ReportRow,
-    distance_to_identity,
-    figures,
-    mean_std,
-    relative_error,
-    whiten,
+from iclab.analysis import distance_to_identity, figures, mean_std, relative_error, whiten
+from iclab.analysis.report import ReportRow, claim
+from iclab.config import RunConfig
+from iclab.experiments.experiment import Context, Experiment, Run, configure
+from iclab.theory import (
+    best_pgd_scalars,
+    one_layer_second_moment,
+    optimal_one_layer_loss,
+    preconditioner_optimum,
 )
-from iclab.analysis.report import report_row, runs_table, write_report
-from iclab.config import load_config
-from iclab.theory import best_pgd_scalars, optimal_one_layer_loss, preconditioner_optimum
-from iclab.training import TrainResult, train
+from iclab.theory.multilayer import PGDScalars, wishart_eigenvalues
+from iclab.theory.pgd_critical_points import (
+    CriticalPoint,
+    critical_point_near,
+    pgd_critical_points,
+    project_to_class,
+)
+from iclab.training import TrainResult
 
 TITLE = "Ahn et al. (2023): transformers learn to implement preconditioned gradient descent"
 
+# Optimization tolerances (stated in every threshold): how far a finite training run may stay
+# from the exact stationary point it approaches, on top of 3 measured standard errors.
+TOL_LOSS = 0.10  # test loss within 10% of the theory loss (relative)
+TOL_ONE_LAYER = 0.02  # one layer: loss within 2% of f*, A within 0.05 of A* (relative Frobenius)
+TOL_A = 0.05
+TOL_IDENTITY = 0.05  # distance to identity ‖M − (tr M/d)I‖_F/‖M‖_F of a trained matrix
+TOL_SCALARS = 0.05  # largest relative deviation of a trained scalar from its critical point
+K_SE = 3.0
 
-# Sweeps over L and n use Adam with per-matrix clipping at a small learning rate: for small n and
-# large L the per-prompt loss is heavy-tailed (GD++ is a high-degree polynomial of the sample
-# covariance), and Shampoo's larger effective steps were unstable there.
-SWEEP = ["train.optimizer=adam", "train.lr=0.005", "train.betas=[0.9, 0.999]"]
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training steps, batch and learning rate of a group of runs."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int = 100
 
 
 @dataclass(frozen=True)
 class Budget:
-    """Steps and batch sizes; ``quick`` fits the whole reproduction in ~10 CPU minutes."""
+    """Everything a budget fixes: seeds, recipes, swept values and evaluation sizes."""
 
     seeds: int
-    one_layer: list[str]
-    deep: list[str]
-    sweep: list[str]
+    one_layer: Recipe
+    identity: Recipe  # Σ = I, L = 3, n = 20
+    sweep: dict[int, Recipe]  # L -> recipe of the rotated-Σ runs at n = 20 (rotated_L3 included)
+    n_sweep: Recipe  # rotated Σ, L = 3, n ≠ 20
     layers: tuple[int, ...]
     ns: tuple[int, ...]
-    test_size: int
-    extra: tuple[str, ...] = ()  # overrides applied to every run (e.g. tiny budgets in tests)
+    test_size: int  # test prompts per seed (every run)
+    tune_size: int  # held-out prompts to tune the GD baselines' step sizes
+    theory_samples: int  # Wishart eigenvalue draws for the PGD-class theory
+    compile: bool = False
+    eval_every: int = 100
+    # a fresh training batch every few steps: reusing one batch for long lets the model fit
+    # that batch's (heavy-tailed) empirical optimum, measurably above the population one
+    resample_every: int = 4
+    critical_starts: int = 0  # > 0: list the critical points of the L = 3 class (a table)
+    init_std: float | None = None  # None: the presets' (tests use a larger one to stay untrained)
 
 
+# Shampoo (two-sided preconditioning undoes the rotation of Σ) with per-matrix clipping, a
+# linear warm-up and a cosine decay to 1% of the learning rate. Deeper models get smaller steps:
+# the loss is a polynomial of degree ~3^L in the weights, and its curvature grows with L.
 QUICK = Budget(
     seeds=3,
-    one_layer=["train.test_size=20000"],
-    deep=["train.steps=5000", "train.batch_size=10000", "train.test_size=20000"],
-    sweep=[*SWEEP, "train.steps=1500", "train.batch_size=4000", "train.test_size=10000"],
+    one_layer=Recipe(steps=800, batch_size=10000, lr=0.01, warmup_steps=50),
+    identity=Recipe(steps=1800, batch_size=4000, lr=0.05),
+    sweep={
+        1: Recipe(steps=600, batch_size=4000, lr=0.1, warmup_steps=50),
+        2: Recipe(steps=1200, batch_size=4000, lr=0.1, warmup_steps=200),
+        3: Recipe(steps=1800, batch_size=4000, lr=0.1, warmup_steps=200),
+        4: Recipe(steps=1200, batch_size=4000, lr=0.05, warmup_steps=300),
+    },
+    n_sweep=Recipe(steps=1000, batch_size=4000, lr=0.1, warmup_steps=200),
     layers=(1, 2, 3, 4),
-    ns=(6, 10, 20),
+    ns=(14, 20),
     test_size=10000,
+    tune_size=4000,
+    theory_samples=200_000,
 )
 FULL = Budget(
     seeds=5,
-    one_layer=[],
-    deep=[],
-    sweep=[*SWEEP, "train.steps=6000", "train.batch_size=10000"],
+    one_layer=Recipe(steps=1500, batch_size=10000, lr=0.01, warmup_steps=50),
+    identity=Recipe(steps=3000, batch_size=6000, lr=0.05),
+    sweep={
+        1: Recipe(steps=1000, batch_size=6000, lr=0.1, warmup_steps=50),
+        2: Recipe(steps=2000, batch_size=6000, lr=0.1, warmup_steps=200),
+        # rotated Σ, L ≥ 3: lr 0.1 spiked in the quick run, 0.05 with a long warm-up did not
+        3: Recipe(steps=3000, batch_size=6000, lr=0.05, warmup_steps=300),
+        4: Recipe(steps=3000, batch_size=6000, lr=0.05, warmup_steps=300),
+    },
+    n_sweep=Recipe(steps=2500, batch_size=6000, lr=0.05, warmup_steps=300),
     layers=(1, 2, 3, 4),
-    ns=(4, 6, 8, 10, 12, 14, 16, 18, 20),
+    ns=(6, 10, 20),
     test_size=20000,
+    tune_size=10000,
+    theory_samples=400_000,
+    critical_starts=32,
 )
 
 
-def _train(
-    preset: str, name: str, overrides: list[str], out: Path, device: str, progress: bool
-) -> TrainResult:
-    cfg = load_config(preset, [f"name={name}", f"device={device}", *overrides])
-    return train(cfg, out / "runs" / name, progress=progress)
+def _config(preset: str, recipe: Recipe, budget: Budget, device: str, **changes: Any) -> RunConfig:
+    base: dict[str, Any] = {
+        "device": device,
+        "n_seeds": budget.seeds,
+        "train.steps": recipe.steps,
+        "train.batch_size": recipe.batch_size,
+        "train.lr": recipe.lr,
+        "train.schedule.warmup_steps": recipe.warmup_steps,
+        "train.test_size": budget.test_size,
+        "train.compile": budget.compile,
+        "train.eval_every": budget.eval_every,
+        "train.resample_every": budget.resample_every,
+        "train.checkpoint_every": max(recipe.steps, 1),
+    }
+    if budget.init_std is not None:
+        base["model.init_std"] = budget.init_std
+    base.update(changes)
+    return configure(preset, base)
 
 
-def _per_seed_test_loss(res: TrainResult) -> list[float]:
-    return res.metrics[-1]["test_loss"]
+def _sweep_name(L: int, n: int) -> str:
+    if (L, n) == (3, 20):
+        return "rotated_L3"
+    return f"rotated_L{L}" if n == 20 else f"rotated_L{L}_n{n}"
 
 
-def _baselines(res: TrainResult, layers: int, test_size: int) -> dict[str, list[float]]:
-    """Tuned L-step GD / Σ⁻¹-PGD and OLS on the run's own test prompts (per seed)."""
+# ------------------------------------------------------------------------------------ analysis
+
+
+@dataclass
+class _Eval:
+    """Per-seed test loss of a run and its test-prompt standard error."""
+
+    loss: list[float]
+    se: list[float]
+
+
+def _evaluate(res: TrainResult) -> _Eval:
+    """Per-prompt squared errors of every member on the run's own test prompts (float64)."""
+    batch = res.task.sample(res.config.train.test_size, "test", 0)
+    with torch.no_grad():
+        pred = res.model.predict_prepared(res.model.prepare(batch))
+    err = (pred.double() - batch.y_query.double()).pow(2)  # (E, B)
+    m = err.shape[-1]
+    return _Eval(err.mean(-1).tolist(), (err.std(-1) / math.sqrt(m)).tolist())
+
+
+def _pgd_matrices(res: TrainResult) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Trained A_ℓ, B_ℓ (E, L, d, d), float64, and Σ (E, 1, d, d)."""
+    A = res.model.preconditioners().detach()[:, :, 0].double().cpu()
+    B = res.model.covariate_transforms().detach()[:, :, 0].double().cpu()
+    cov = res.task.covariance.double().cpu()[:, None]
+    return A, B, cov
+
+
+def _worst_distance_to_identity(res: TrainResult) -> list[float]:
+    """Per seed: the largest distance to identity of Σ^{1/2}A_ℓΣ^{1/2} (ℓ ≤ L) and B_ℓ (ℓ < L);
+    the last B never reaches the prediction (zero gradient) and is left out."""
+    A, B, cov = _pgd_matrices(res)
+    L = A.shape[1]
+    dist = torch.cat([distance_to_identity(whiten(A, cov)), distance_to_identity(B[:, : L - 1])], 1)
+    return dist.max(dim=1).values.tolist()
+
+
+@dataclass
+class _Reached:
+    """Which critical point of the PGD class each seed reached."""
+
+    scalars: list[tuple[list[float], list[float]]]  # per seed (a, b) read off the model
+    points: list[CriticalPoint | None]  # per seed
+    deviation: list[float]  # per seed: max relative deviation of the scalars from the point
+
+    def describe(self, best: PGDScalars) -> str:
+        parts = []
+        for i, (p, dev) in enumerate(zip(self.points, self.deviation)):
+            if p is None:
+                parts.append(f"seed {i}: no critical point reached from its scalars")
+                continue
+            tag = " = the best point of the class" if _same_point(p, best) else ""
+            parts.append(f"seed {i}: {p.describe()}{tag}, trained scalars within {dev:.1%}")
+        return "; ".join(parts)
+
+
+def _same_point(p: CriticalPoint, best: PGDScalars) -> bool:
+    theta = torch.cat([best.a, (best.a * best.b)[:-1]])
+    return float((p.theta - theta).norm()) <= 1e-3 * float(theta.norm())
+
+
+def _scalar_deviation(a: torch.Tensor, b: torch.Tensor, p: CriticalPoint) -> float:
+    L = a.shape[0]
+    ours = torch.cat([a, b[: L - 1]])
+    ref = torch.cat([p.a, p.b[: L - 1]])
+    return float(((ours - ref).abs() / ref.abs()).max())
+
+
+class Ahn2023(Experiment[Budget]):
+    name = "ahn2023"
+    title = TITLE
+    budgets: ClassVar[dict[str, Budget]] = {"quick": QUICK, "full": FULL}
+
+    # ------------------------------------------------------------------------------ runs
+    def runs(self, budget: Budget, device: str = "auto") -> list[Run]:
+        out = [
+            Run(f"one_layer_{cov}", _config(f"ahn2023_one_layer_{cov}", budget.one_layer, budget, device))
+            for cov in ("identity", "rotated")
+        ]  # fmt: skip
+        out.append(
+            Run("identity_L3", _config("ahn2023_identity_L3", budget.identity, budget, device))
+        )
+        out.append(
+            Run("rotated_L3", _config("ahn2023_rotated_L3", budget.sweep[3], budget, device))
+        )
+        points = [(L, 20) for L in budget.layers] + [(3, n) for n in budget.ns]
+        for L, n in dict.fromkeys(points):
+            if (L, n) == (3, 20):
+                continue  # the rotated_L3 run above
+            changes = {"model.layers": L, "task.n": n}
+            recipe = budget.sweep[L] if n == 20 else budget.n_sweep
+            cfg = _config("ahn2023_rotated_L3", recipe, budget, device, **changes)
+            out.append(Run(_sweep_name(L, n), cfg))
+        return out
+
+    # ------------------------------------------------------------------------------ analysis
+    def analyze(self, ctx: Context[Budget]) -> list[ReportRow]:
+        self._theory: dict[tuple[int, int], PGDScalars] = {}
+        self._eigen: dict[int, torch.Tensor] = {}
+        self._base: dict[tuple[int, int], dict[str, list[float]]] = {}
+        self._base_notes: dict[tuple[int, int], str] = {}
+        self._ctx = ctx
+        rows = self._one_layer(ctx)
+        rows += self._three_layers(ctx)
+        rows += self._sweeps(ctx)
+        return rows
+
+    def _best(self, L: int, n: int) -> PGDScalars:
+        if (L, n) not in self._theory:
+            self._theory[(L, n)] = best_pgd_scalars(
+                L, 5, n, num_samples=self._ctx.budget.theory_samples, eigenvalues=self._lam(n)
+            )
+        return self._theory[(L, n)]
+
+    def _lam(self, n: int) -> torch.Tensor:
+        if n not in self._eigen:
+            self._eigen[n] = wishart_eigenvalues(5, n, self._ctx.budget.theory_samples, seed=0)
+        return self._eigen[n]
+
+    def _reached(self, res: TrainResult) -> _Reached:
+        A, B, cov = _pgd_matrices(res)
+        a, b = project_to_class(A, B, cov)
+        n, d = res.task.config.n, res.task.config.d
+        scalars, points, dev = [], [], []
+        for e in range(a.shape[0]):
+            p = critical_point_near(a[e], b[e], d, n, eigenvalues=self._lam(n))
+            scalars.append((a[e].tolist(), b[e].tolist()))
+            points.append(p)
+            dev.append(float("inf") if p is None else _scalar_deviation(a[e], b[e], p))
+        return _Reached(scalars, points, dev)
+
+    # ---------------------------------------------------------------- one layer, Theorem 1
+    def _one_layer(self, ctx: Context[Budget]) -> list[ReportRow]:
+        rows: list[ReportRow] = []
+        curves = {}
+        for cov in ("identity", "rotated"):
+            res = ctx.runs[f"one_layer_{cov}"]
+            task = res.task
+            n, sigma = task.config.n, task.config.noise_std
+            a_star = preconditioner_optimum(task.covariance, task.weight_covariance, n, sigma)
+            f_star = optimal_one_layer_loss(task.covariance, task.weight_covariance, n, sigma)
+            f_star = float(torch.as_tensor(f_star).double().mean())  # same spectrum for all seeds
+            ev = _evaluate(res)
+            rows.append(
+                _loss_row(
+                    f"1-layer test loss, Σ={cov} (theory: f*)",
+                    ev,
+                    [f_star] * len(ev.loss),
+                    [0.0] * len(ev.loss),
+                    theory=f_star,
+                    paper=1.1538 if cov == "identity" else "f* of Theorem 1 (no number)",
+                    note="full LSA; f* = d(d+1)/(n+d+1) at Σ = I (exact)",
+                    rel=TOL_ONE_LAYER,
+                )
+            )
+            learned = res.model.preconditioners().detach()[:, 0, 0].double().cpu()
+            a_star = a_star.cpu()
+            frob = relative_error(learned, a_star).tolist()
+            # relative error in the norm the loss sees: f(A) − f* = tr(ΔMΔᵀΣ), Δ = A − A*
+            M = one_layer_second_moment(task.covariance, task.weight_covariance, n, sigma).cpu()
+            cov_t = task.covariance.double().cpu()
+            delta = learned - a_star
+
+            err = (_loss_norm2(delta, M, cov_t) / _loss_norm2(a_star, M, cov_t)).sqrt().tolist()
+            rows.append(
+                _every_seed(
+                    f"1-layer relative error of A vs A* (loss norm), Σ={cov}",
+                    err,
+                    TOL_A,
+                    paper="A* = ((n+1)/n Σ + tr(Σ)/n I)⁻¹ (Theorem 1)",
+                    note="A: the model's effective preconditioner; error √(tr(ΔMΔᵀΣ)/tr(A*MA*ᵀΣ)), "
+                    "Δ = A − A*, the norm whose square is the excess loss f(A) − f* (directions Σ "
+                    "barely excites are weighted as little as the loss weighs them); Frobenius "
+                    f"‖Δ‖/‖A*‖ per seed: {', '.join(f'{v:.3g}' for v in frob)}; an untrained "
+                    "model is at ≈ 1",
+                )
+            )
+            figures.matrix_heatmaps(
+                [learned[0], a_star[0], learned[0] - a_star[0]],
+                ["learned A (seed 0)", "A* (Theorem 1)", "difference"],
+                ctx.figures / f"one_layer_{cov}_A.png",
+                suptitle=f"one layer, Σ = {cov}",
+            )
+            curves[f"1 layer, Σ={cov}"] = res.metrics
+        figures.loss_curves(
+            curves, ctx.figures / "one_layer_loss.png", title="one-layer LSA vs Theorem 1"
+        )
+        ctx.sections.append(
+            "## One layer (Theorem 1)\n\n![](figures/one_layer_identity_A.png)\n"
+            "![](figures/one_layer_rotated_A.png)\n![](figures/one_layer_loss.png)"
+        )
+        return rows
+
+    # ---------------------------------------------------------------- three layers
+    def _three_layers(self, ctx: Context[Budget]) -> list[ReportRow]:
+        rows: list[ReportRow] = []
+        best = self._best(3, 20)
+        for cov in ("identity", "rotated"):
+            res = ctx.runs[f"{cov}_L3"]
+            label = "Σ^{1/2}A_ℓΣ^{1/2}, B_ℓ" if cov == "rotated" else "A_ℓ, B_ℓ"
+            worst = _worst_distance_to_identity(res)
+            rows.append(
+                _every_seed(
+                    f"max distance to identity of {label} (Σ={cov}, L=3)",
+                    worst,
+                    TOL_IDENTITY,
+                    paper="≈ 1–3e-2 after 10k steps (code, Σ = I)"
+                    if cov == "identity"
+                    else "whitened A_ℓ and B_ℓ ∝ I (code)",
+                    note="‖M − (tr M/d)I‖_F/‖M‖_F, worst of the 5 matrices per seed (B_L never "
+                    "reaches the prediction); a N(0, 1e-4²) init is at ≈ 0.9",
+                )
+            )
+            reached = self._reached(res)
+            rows.append(
+                _every_seed(
+                    f"scalars (a_ℓ, b_ℓ) at a critical point of the PGD class (Σ={cov}, L=3)",
+                    reached.deviation,
+                    TOL_SCALARS,
+                    paper="a ≈ (0.71, 2.65, 7.1), b ≈ (0.34, 0.34) (code)"
+                    if cov == "identity"
+                    else "a ≈ (0.38, 2.40, 9.55), b ≈ (0.90, 0.56) (code)",
+                    note="largest relative deviation of the scalars a_ℓ = tr(Σ^{1/2}A_ℓΣ^{1/2})/d, "
+                    "b_ℓ = tr(B_ℓ)/d from the critical point Newton's method reaches from them: "
+                    + reached.describe(best)
+                    + f". Best point of the class: a = ({_fmt(best.a)}), b = "
+                    f"({_fmt(best.b[:-1])}), loss {best.loss:.4g}",
+                )
+            )
+            rows.append(_paper_point_row(cov, reached))
+            ev = _evaluate(res)
+            rows.append(self._loss_at_points(res, ev, reached, cov, best))
+            if cov == "identity":
+                rows.append(self._best_loss_row(res, ev, 3, 20, "Σ=identity, L=3", reached))
+            A, B, cov_t = _pgd_matrices(res)
+            A_w = whiten(A, cov_t)
+            mats = [A_w[0, i] for i in range(3)] + [B[0, i] for i in range(2)]
+            titles = [f"{'Σ½AΣ½' if cov == 'rotated' else 'A'} layer {i + 1}" for i in range(3)]
+            titles += [f"B layer {i + 1}" for i in range(2)]
+            figures.matrix_heatmaps(
+                mats,
+                titles,
+                ctx.figures / f"{cov}_L3_matrices.png",
+                suptitle=f"3-layer LSA, Σ = {cov} (seed 0)",
+            )
+            ctx.sections.append(f"## Three layers, Σ = {cov}\n\n![](figures/{cov}_L3_matrices.png)")
+        if ctx.budget.critical_starts > 0:
+            ctx.sections.append(self._critical_table(ctx.budget.critical_starts))
+        figures.loss_curves(
+            {f"L=3, Σ={c}": ctx.runs[f"{c}_L3"].metrics for c in ("identity", "rotated")},
+            ctx.figures / "three_layer_loss.png",
+            theory={"best PGD-class loss": best.loss},
+            title="3-layer LSA (PGD form)",
+        )
+        ctx.sections.append("![](figures/three_layer_loss.png)")
+        return rows
+
+    def _critical_table(self, starts: int) -> str:
+        """A markdown table of the critical points found in the L = 3, n = 20 class."""
+        points = pgd_critical_points(3, 5, 20, eigenvalues=self._lam(20), starts=starts)
+        lines = [
+            "## Critical points of the PGD class (L = 3, n = 20, Σ_w = Σ⁻¹)",
+            "",
+            f"Found from {starts} starting points by descent and by Newton's method on the "
+            "gradient (Monte Carlo over Wishart eigenvalues; not certified complete).",
+            "",
+            "| a_1 | a_2 | a_3 | b_1 | b_2 | loss | kind |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for p in points:
+            a, b = p.a.tolist(), p.b.tolist()
+            lines.append(
+                f"| {a[0]:.3g} | {a[1]:.3g} | {a[2]:.3g} | {b[0]:.3g} | {b[1]:.3g} | "
+                f"{p.loss:.4g} ± {p.standard_error:.1g} | {p.kind} |"
+            )
+        return "\n".join(lines)
+
+    def _loss_at_points(
+        self, res: TrainResult, ev: _Eval, reached: _Reached, cov: str, best: PGDScalars
+    ) -> ReportRow:
+        """Test loss against the loss of the critical point each seed reached."""
+        cp = [float("nan") if p is None else p.loss for p in reached.points]
+        cp_se = [float("nan") if p is None else p.standard_error for p in reached.points]
+        target = sum(cp) / len(cp)
+        paper = (
+            "critical point with loss ≈ 1.25e-3; code's final losses 2.8e-3, 1.3e-3, 1.1e-3"
+            if cov == "identity"
+            else "mean final log loss −7.12 (≈ 8.1e-4) after 100k Adam steps (code)"
+        )
+        return _loss_row(
+            f"3-layer test loss, Σ={cov} (theory: loss of the critical point reached)",
+            ev,
+            cp,
+            cp_se,
+            theory=target if math.isfinite(target) else None,
+            paper=paper,
+            note=f"best loss of the class {best.loss:.4g}; per-seed critical-point losses "
+            + ", ".join(f"{c:.4g}" for c in cp),
+        )
+
+    def _stuck_evidence(
+        self, res: TrainResult, ev: _Eval, best: PGDScalars, reached: _Reached | None = None
+    ) -> str | None:
+        """Evidence that a run missing the best class loss *converged* elsewhere: every seed's
+        matrices are in the class (distance to identity within tolerance), its scalars sit at a
+        local minimum of the class other than the best point, and its test loss equals that
+        point's loss within 3 SE + 10%. None when any of this fails (then the row is a fail:
+        an unconverged or broken run)."""
+        if max(_worst_distance_to_identity(res)) > TOL_IDENTITY:
+            return None
+        reached = reached or self._reached(res)
+        parts = []
+        for e, (p, dev) in enumerate(zip(reached.points, reached.deviation)):
+            if p is None or dev > TOL_SCALARS or _same_point(p, best) or p.index > 0:
+                return None  # not at a critical point, at the best one, or at a saddle
+            tol = K_SE * math.hypot(ev.se[e], p.standard_error) + TOL_LOSS * p.loss
+            if abs(ev.loss[e] - p.loss) > tol:
+                return None
+            parts.append(f"seed {e}: test loss {ev.loss[e]:.3g} at {p.describe()}")
+        return (
+            "every seed converged to a critical point of the PGD class that is not its best "
+            f"point (best loss {best.loss:.3g}): " + "; ".join(parts)
+        )
+
+    def _best_loss_row(
+        self, res: TrainResult, ev: _Eval, L: int, n: int, label: str,
+        reached: _Reached | None = None,
+    ) -> ReportRow:  # fmt: skip
+        """Every seed's test loss against the best loss of the PGD class; refuted (with the
+        evidence) only when every seed converged to another local minimum of the class."""
+        best = self._best(L, n)
+        quantity = f"{label}, trained LSA (theory: best PGD-class loss)"
+        k = len(ev.loss)
+        targets, target_se = [best.loss] * k, [best.standard_error] * k
+        paper = "tracks L-step preconditioned GD, beats plain GD (figure)"
+        if label.startswith("Σ=identity"):
+            paper = "code: loss ≈ 1.25e-3 at a critical point that is not the class's best"
+        base = self._base_notes.get((L, n), "")
+        note = f"{base}best class a = ({_fmt(best.a)}), b = ({_fmt(best.b[:-1])})"
+        row = _loss_row(quantity, ev, targets, target_se, theory=best.loss, paper=paper, note=note)
+        if row.verdict == "fail" and L >= 2:
+            evidence = self._stuck_evidence(res, ev, best, reached)
+            if evidence:
+                row = _loss_row(
+                    quantity, ev, targets, target_se, theory=best.loss, paper=paper, note=note,
+                    evidence=evidence,
+                )  # fmt: skip
+        return row
+
+    # ---------------------------------------------------------------- sweeps over L and n
+    def _sweeps(self, ctx: Context[Budget]) -> list[ReportRow]:
+        b = ctx.budget
+        rows: list[ReportRow] = []
+        for label, points, fig, xlabel, title in (
+            ("L", [(L, 20) for L in b.layers], "loss_vs_layers", "layers L", "rotated Σ, n = 20"),
+            ("n", [(3, n) for n in b.ns], "loss_vs_n", "context size n", "rotated Σ, L = 3"),
+        ):
+            series: dict[str, list[tuple[float, float]]] = {}
+            for L, n in points:
+                res = ctx.runs[_sweep_name(L, n)]
+                ev = _evaluate(res)
+                best = self._best(L, n)
+                if (L, n) not in self._base:
+                    self._base[(L, n)] = _baselines(res, L, b.tune_size)
+                base = self._base[(L, n)]
+                lsa_label = "trained LSA"
+                for k, v in {lsa_label: ev.loss, **base}.items():
+                    series.setdefault(k, []).append(mean_std(v))
+                series.setdefault("best PGD class (theory)", []).append((best.loss, 0.0))
+                gd, pgd, ls = (mean_std(base[k])[0] for k in base)
+                self._base_notes[(L, n)] = (
+                    f"tuned {L}-step GD {gd:.3g}, {L}-step Σ⁻¹-PGD {pgd:.3g}, OLS {ls:.3g}; "
+                )
+                if label == "n" and (L, n) in [(Lx, 20) for Lx in b.layers]:
+                    continue  # already a row of the loss-vs-L sweep
+                rows.append(self._best_loss_row(res, ev, L, n, f"loss vs {label}: L={L}, n={n}"))
+            x = [p[0] if label == "L" else p[1] for p in points]
+            series_ms = {
+                k: (tuple(m for m, _ in v), tuple(sd for _, sd in v)) for k, v in series.items()
+            }
+            figures.loss_versus(
+                x, series_ms, ctx.figures / f"{fig}.png", xlabel=xlabel, title=title
+            )
+            ctx.sections.append(f"## Loss vs {xlabel}\n\n![](figures/{fig}.png)")
+        return rows
+
+
+def _loss_row(
+    quantity: str,
+    ev: _Eval,
+    targets: list[float],
+    target_se: list[float],
+    *,
+    theory: float | None,
+    paper: str,
+    note: str,
+    evidence: str | None = None,
+    rel: float = TOL_LOSS,
+) -> ReportRow:
+    """Every seed's test loss within ``3·SE + rel·target`` of its own target, SE being its
+    test-prompt standard error combined with the theory value's Monte-Carlo error. The seed
+    spread is not used as a tolerance: one diverged seed would widen it enough to pass."""
+    ok, worst = True, (-1.0, 0, float("nan"), float("nan"))
+    for e, (x, s, t, ts) in enumerate(zip(ev.loss, ev.se, targets, target_se)):
+        tol = K_SE * math.hypot(s, ts) + rel * abs(t)
+        gap = abs(x - t)
+        good = math.isfinite(gap) and math.isfinite(tol) and gap <= tol
+        ok = ok and good
+        ratio = gap / tol if good or (math.isfinite(gap) and tol > 0) else float("inf")
+        if ratio > worst[0]:
+            worst = (ratio, e, gap, tol)
+    _, e, gap, tol = worst
+    threshold = (
+        f"every seed: |loss − target| ≤ {K_SE:g}·SE + {rel:g}·target (SE: test-prompt SE "
+        f"⊕ theory Monte-Carlo SE); worst seed {e}: |Δ| = {gap:.3g} vs {tol:.3g}"
+    )
+    return claim(
+        quantity, ev.loss, ok, threshold, theory=theory, paper=paper, note=note, evidence=evidence
+    )
+
+
+def _every_seed(
+    quantity: str, values: list[float], tol: float, *, paper: str, note: str
+) -> ReportRow:
+    """A deviation computed exactly from the trained weights (no sampling error): every seed
+    must be within the optimization tolerance ``tol``."""
+    finite = all(math.isfinite(v) for v in values)
+    worst = max(values) if finite and values else float("inf")
+    return claim(
+        quantity,
+        values,
+        worst <= tol,
+        f"every seed ≤ {tol:g} (optimization tolerance; exact function of the weights, no "
+        f"sampling error); worst {worst:.3g}",
+        theory=0.0,
+        paper=paper,
+        note=note,
+    )
+
+
+# The scalars of the paper's trained 3-layer models (code, 3 seeds; rounded as reported).
+PAPER_POINTS = {
+    "identity": ((0.71, 2.65, 7.1), (0.34, 0.34)),
+    "rotated": ((0.38, 2.40, 9.55), (0.90, 0.56)),
+}
+TOL_PAPER_POINT = 0.05  # the paper's scalars are given to 2–3 digits
+
+
+def _paper_point_row(cov: str, reached: _Reached) -> ReportRow:
+    """Is the critical point each seed reached the one the paper's code reached?
+
+    ``refuted`` (with the evidence) when every seed converged to a local minimum of the class
+    (scalars within tolerance of it, Hessian positive definite) but not the paper's: which
+    critical point training ends at depends on the optimizer, not only on the theory."""
+    a_p, b_p = (torch.tensor(v, dtype=torch.float64) for v in PAPER_POINTS[cov])
+    ref = torch.cat([a_p, b_p])
+    devs, converged = [], True
+    for p, dev in zip(reached.points, reached.deviation):
+        if p is None or dev > TOL_SCALARS:  # the seed is not at a critical point
+            devs.append(float("inf"))
+            converged = False
+            continue
+        converged = converged and p.index == 0
+        ours = torch.cat([p.a, p.b[:-1]])
+        devs.append(float(((ours - ref).abs() / ref).max()))
+    ok = all(v <= TOL_PAPER_POINT for v in devs)
+    evidence = None
+    if not ok and converged:
+        evidence = (
+            f"every seed converged (scalars within {TOL_SCALARS:.0%}) to a local minimum of the "
+            "class other than the paper's: "
+            + "; ".join(
+                f"seed {i}: {p.describe()}" for i, p in enumerate(reached.points) if p is not None
+            )
+        )
+    kind = "a local minimum that is not the best point" if cov == "identity" else "the best point"
+    return claim(
+        f"critical point reached = the paper's (Σ={cov}, L=3)",
+        devs,
+        ok,
+        f"every seed's critical point within {TOL_PAPER_POINT:.0%} (largest relative deviation "
+        f"of a_ℓ, b_ℓ) of the paper's scalars; worst {max(devs):.3g}",
+        theory=0.0,
+        paper=f"a ≈ {PAPER_POINTS[cov][0]}, b ≈ {PAPER_POINTS[cov][1]}: {kind} of the class",
+        note="deviation of the exact critical point (not of the trained scalars) from the "
+        f"paper's rounded scalars; ∞ when the seed's scalars are not within {TOL_SCALARS:.0%} "
+        "of a critical point",
+        evidence=evidence,
+    )
+
+
+def _loss_norm2(X: torch.Tensor, M: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """``tr(X M Xᵀ Σ)`` over the last two dims."""
+    return (X @ M @ X.transpose(-1, -2) @ cov).diagonal(dim1=-2, dim2=-1).sum(-1)
+
+
+def _fmt(t: torch.Tensor) -> str:
+    return ", ".join(f"{v:.3g}" for v in t.tolist())
+
+
+def _baselines(res: TrainResult, layers: int, tune_size: int) -> dict[str, list[float]]:
+    """Tuned L-step GD / Σ⁻¹-PGD (steps tuned on held-out prompts) and OLS on the run's test
+    prompts, per seed."""
     task = res.task
     f64 = torch.float64
-    tune = task.sample(test_size, "tune", 0).to(f64)
+    tune = task.sample(tune_size, "tune", 0).to(f64)
     test = task.sample(res.config.train.test_size, "test", 0).to(f64)
     prec = torch.linalg.inv(task.covariance.to(test.x.device, f64))  # (E, d, d)
     out: dict[str, list[float]] = {}
-    for label, pre in (("GD", None), ("PGD (Σ⁻¹)", prec)):
+    for label, pre in (
+        ("L-step GD (tuned)", None),
+        ("L-step PGD Σ⁻¹ (tuned)", prec),
+    ):
         tuned = tune_gd_step_sizes(
             tune.x, tune.y, tune.x_query, tune.y_query, layers, preconditioner=pre
         )
@@ -106,185 +695,6 @@ def _baselines(res: TrainResult, layers: int, test_size: int) -> dict[str, list[
     return out
 
 
-def reproduce_ahn2023(
-    out: Path,
-    *,
-    quick: bool = False,
-    device: str = "auto",
-    progress: bool = True,
-    budget: Budget | None = None,
-) -> list[ReportRow]:
-    budget = budget or (QUICK if quick else FULL)
-    out.mkdir(parents=True, exist_ok=True)
-    figs = out / "figures"
-    seeds = [f"n_seeds={budget.seeds}", *budget.extra]
-    rows: list[ReportRow] = []
-    sections: list[str] = []
+EXPERIMENT = Ahn2023()
 
-    # ---------------------------------------------------------------- 0. one layer, Theorem 1
-    curves = {}
-    for cov in ("identity", "rotated"):
-        res = _train(
-            f"ahn2023_one_layer_{cov}",
-            f"one_layer_{cov}",
-            seeds + budget.one_layer,
-            out,
-            device,
-            progress,
-        )
-        task = res.task
-        n, sigma = task.config.n, task.config.noise_std
-        a_star = preconditioner_optimum(
-            task.covariance, task.weight_covariance, n, sigma
-        )  # (E,d,d)
-        f_star = optimal_one_layer_loss(task.covariance, task.weight_covariance, n, sigma)
-        learned = res.model.preconditioners().detach()[:, 0, 0].double().cpu()
-        err = relative_error(learned, a_star).tolist()
-        loss = _per_seed_test_loss(res)
-        f_mean = float(torch.as_tensor(f_star).mean())
-        rel = [
-            abs(v - fs) / fs
-            for v, fs in zip(loss, torch.as_tensor(f_star).expand(len(loss)).tolist())
-        ]
-        rows.append(
-            report_row(
-                f"1-layer test loss, Σ={cov} (theory f*)",
-                f_mean,
-                loss,
-                max(rel) < 0.05,
-                f"max relative gap {max(rel):.2%} (pass < 5%)",
-            )
-        )
-        rows.append(
-            report_row(
-                f"1-layer ‖A − A*‖_F/‖A*‖_F, Σ={cov}", 0.0, err, max(err) < 0.05, "pass < 5%"
-            )
-        )
-        figures.matrix_heatmaps(
-            [learned[0], a_star[0], learned[0] - a_star[0]],
-            ["learned A (seed 0)", "A* (Theorem 1)", "difference"],
-            figs / f"one_layer_{cov}_A.png",
-            suptitle=f"one layer, Σ = {cov}",
-        )
-        curves[f"1 layer, Σ={cov}"] = res.metrics
-    figures.loss_curves(curves, figs / "one_layer_loss.png", title="one-layer LSA vs Theorem 1")
-    sections.append(
-        "## One layer (Theorem 1)\n\n![](figures/one_layer_identity_A.png)\n"
-        "![](figures/one_layer_rotated_A.png)\n![](figures/one_layer_loss.png)"
-    )
-
-    # ---------------------------------------------------------------- 1-2. three layers
-    deep = {}
-    for cov in ("identity", "rotated"):
-        res = _train(f"ahn2023_{cov}_L3", f"{cov}_L3", seeds + budget.deep, out, device, progress)
-        deep[cov] = res
-        A = res.model.preconditioners().detach()[:, :, 0].double().cpu()  # (E, L, d, d)
-        B = res.model.covariate_transforms().detach()[:, :, 0].double().cpu()
-        cov_t = res.task.covariance[:, None]  # (E, 1, d, d)
-        A_w = whiten(A, cov_t) if cov == "rotated" else A
-        L = A.shape[1]
-        # B of the last layer never reaches the prediction (zero gradient): leave it out.
-        dist = torch.cat([distance_to_identity(A_w), distance_to_identity(B[:, : L - 1])], dim=1)
-        worst = dist.max(dim=1).values.tolist()
-        label = "Σ^{1/2}A_ℓΣ^{1/2}, B_ℓ" if cov == "rotated" else "A_ℓ, B_ℓ"
-        rows.append(
-            report_row(
-                f"max distance to identity of {label} (Σ={cov}, L=3)",
-                0.0,
-                worst,
-                max(worst) < 0.05,
-                "‖M − (tr M/d)I‖_F/‖M‖_F, B_L excluded; pass < 0.05",
-            )
-        )
-        theory = best_pgd_scalars(
-            L, res.task.config.d, res.task.config.n, res.task.config.noise_std
-        )
-        loss = _per_seed_test_loss(res)
-        ok = mean_std(loss)[0] <= 1.5 * theory.loss
-        rows.append(
-            report_row(
-                f"3-layer test loss, Σ={cov} (theory: best PGD-class loss)",
-                theory.loss,
-                loss,
-                ok,
-                f"pass ≤ 1.5× theory; theory ± {theory.standard_error:.1e} (MC)",
-            )
-        )
-        if cov == "rotated":
-            logs = [float(torch.log(torch.tensor(v))) for v in loss]
-            rows.append(
-                report_row(
-                    "final log test loss, rotated Σ, L=3",
-                    float(torch.log(torch.tensor(theory.loss))),
-                    logs,
-                    mean_std(logs)[0] <= math.log(1e-3),
-                    "paper ≈ −7 after 100k steps; pass ≤ log 1e-3 = −6.91",
-                )
-            )
-        mats = [A_w[0, i] for i in range(L)] + [B[0, i] for i in range(L - 1)]
-        titles = [f"{'Σ½AΣ½' if cov == 'rotated' else 'A'} layer {i + 1}" for i in range(L)]
-        titles += [f"B layer {i + 1}" for i in range(L - 1)]
-        figures.matrix_heatmaps(
-            mats,
-            titles,
-            figs / f"{cov}_L3_matrices.png",
-            suptitle=f"3-layer LSA, Σ = {cov} (seed 0)",
-        )
-        sections.append(f"## Three layers, Σ = {cov}\n\n![](figures/{cov}_L3_matrices.png)")
-    figures.loss_curves(
-        {f"L=3, Σ={c}": r.metrics for c, r in deep.items()},
-        figs / "three_layer_loss.png",
-        theory={"best PGD-class loss": best_pgd_scalars(3, 5, 20).loss},
-        title="3-layer LSA (PGD form)",
-    )
-    sections.append("![](figures/three_layer_loss.png)")
-
-    # ---------------------------------------------------------------- 3-4. sweeps over L and n
-    def run_at(L: int, n: int) -> TrainResult:
-        if (L, n) == (3, 20):
-            return deep["rotated"]
-        name = f"rotated_L{L}" if n == 20 else f"rotated_L{L}_n{n}"
-        over = [*seeds, *budget.sweep, f"model.layers={L}", f"task.n={n}"]
-        return _train("ahn2023_rotated_L3", name, over, out, device, progress)
-
-    for label, points, fig, xlabel, title in (
-        ("L", [(L, 20) for L in budget.layers], "loss_vs_layers", "layers L", "rotated Σ, n = 20"),
-        ("n", [(3, n) for n in budget.ns], "loss_vs_n", "context size n", "rotated Σ, L = 3"),
-    ):
-        series: dict[str, list[tuple[float, float]]] = {}
-        for L, n in points:
-            res = run_at(L, n)
-            base = _baselines(res, L, budget.test_size)
-            lsa = _per_seed_test_loss(res)
-            theory = best_pgd_scalars(L, res.task.config.d, n)
-            curves = {"trained LSA": lsa, f"{'L' if label == 'L' else L}-step GD (tuned)": base["GD"],
-                      f"{'L' if label == 'L' else L}-step PGD Σ⁻¹ (tuned)": base["PGD (Σ⁻¹)"],
-                      "OLS": base["OLS"]}  # fmt: skip
-            for k, v in curves.items():
-                series.setdefault(k, []).append(mean_std(v))
-            series.setdefault("best PGD class (theory)", []).append((theory.loss, 0.0))
-            gd, pgd, ls = (mean_std(base[k])[0] for k in ("GD", "PGD (Σ⁻¹)", "OLS"))
-            rows.append(
-                report_row(
-                    f"loss vs {label}: L={L}, n={n}, trained LSA (theory: best PGD class)",
-                    theory.loss,
-                    lsa,
-                    mean_std(lsa)[0] <= gd,
-                    f"tuned {L}-step GD {gd:.3g}, {L}-step PGD {pgd:.3g}, OLS {ls:.3g}; pass: LSA ≤ GD",
-                )
-            )
-        x = [p[0] if label == "L" else p[1] for p in points]
-        series_ms = {
-            k: (tuple(m for m, _ in v), tuple(sd for _, sd in v)) for k, v in series.items()
-        }
-        figures.loss_versus(x, series_ms, figs / f"{fig}.png", xlabel=xlabel, title=title)
-        sections.append(f"## Loss vs {xlabel}\n\n![](figures/{fig}.png)")
-
-    quick_note = (
-        "Quick budget: shorter runs and smaller batches than the presets. Rows whose thresholds "
-        "need converged training (distance to identity, loss vs theory) can fail here and pass "
-        "with the full budget (`iclab reproduce ahn2023 --out DIR`)."
-    )
-    sections.append(runs_table(out / "runs", quick_note if budget is QUICK else ""))
-    write_report(out, TITLE + (" (quick)" if quick else ""), rows, sections)
-    return rows
+__all__ = ["EXPERIMENT", "FULL", "QUICK", "Ahn2023", "Budget", "Recipe"]

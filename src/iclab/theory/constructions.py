@@ -1,4 +1,4 @@
-"""Explicit LSA weights under which the model *is* a known algorithm, science.md §0.
+"""Explicit LSA weights under which the model *is* a known algorithm.
 
 All matrices follow :mod:`iclab.models.lsa`: the value and key-query matrices ``(P, Q)`` of a
 ``full`` :class:`~iclab.models.LinearSelfAttention` in the papers' column convention, shaped

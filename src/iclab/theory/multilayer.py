@@ -1,4 +1,4 @@
-"""Best scalar step sizes in the critical-point classes of Ahn et al. Theorems 3–4, science.md §1.
+"""Best scalar step sizes in the critical-point classes of Ahn et al. Theorems 3–4.
 
 Setting: ``x ~ N(0, Σ)``, ``w ~ N(0, Σ_w)`` with ``Σ_w = Σ⁻¹``, ``y = wᵀx + ε``,
 ``ε ~ N(0, σ²)``, ``n`` context pairs, loss ``E[(ŷ − y_q)²]`` (no 1/2). The model is the L-layer

@@ -1,4 +1,4 @@
-"""Closed-form theory of one preconditioned-GD step (one sparse LSA layer), science.md §1.
+"""Closed-form theory of one preconditioned-GD step (one sparse LSA layer).
 
 Conventions (shared by every function here):
 
