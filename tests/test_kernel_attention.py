@@ -238,6 +238,19 @@ def test_one_step_tuning_matches_closed_form():
     torch.testing.assert_close(tuned.step_sizes[:, 0], eta, atol=1e-8, rtol=1e-8)
 
 
+def test_local_tuning_starts_only_from_init():
+    """``local=True``: L-BFGS from the given steps only; from the tuned optimum it stays there."""
+    b = _batch(size=300, kernel="relu")
+    tuned = tune_functional_gd_steps(b.x, b.y, b.x_query, b.y_query, "relu", layers=3)
+    again = tune_functional_gd_steps(
+        b.x, b.y, b.x_query, b.y_query, "relu", 3, init=tuned.step_sizes, local=True
+    )
+    torch.testing.assert_close(again.loss, tuned.loss, rtol=1e-6, atol=1e-10)
+    torch.testing.assert_close(again.initial_loss, tuned.loss, rtol=1e-6, atol=1e-10)
+    with pytest.raises(ValueError, match="local"):
+        tune_functional_gd_steps(b.x, b.y, b.x_query, b.y_query, "relu", 3, local=True)
+
+
 def test_matched_activation_approaches_bayes_and_mismatched_is_worse():
     """Linear GP data (d = 5, n = 14, σ = 0.1), L = 7 tuned steps on 2000 held-out prompts.
 

@@ -1,4 +1,4 @@
-"""Batched functional gradient descent in an RKHS as an in-context learner (science.md §2).
+"""Batched functional gradient descent in an RKHS as an in-context learner (Cheng, Chen & Sra 2024).
 
 Prompts follow iclab's row convention with a leading ensemble dimension: ``x`` (E, B, n, d),
 ``y`` (E, B, n), ``x_query`` (E, B, d). For a kernel ``k``, functional GD from ``f_0 = 0`` on
@@ -147,6 +147,7 @@ def tune_functional_gd_steps(
     per_ensemble: bool = True,
     init: torch.Tensor | Sequence[float] | None = None,
     max_iter: int = 100,
+    local: bool = False,
 ) -> TunedFunctionalSteps:
     """Step sizes of L-step functional GD minimizing the mean squared query error (float64).
 
@@ -157,6 +158,9 @@ def tune_functional_gd_steps(
     ``[10⁻² λ̄, λ̄]`` and ``[10⁻⁴ λ̄, λ̄]``, spread steps ``c·(0.75…1.25)/λ̄``, ``λ̄`` the mean
     largest eigenvalue), plus ``init``; the best is kept (per member if ``per_ensemble``).
     Tune on held-out prompts; the tuning loss is optimistically biased by O(L/B).
+
+    ``local=True`` runs L-BFGS from ``init`` only (per member, shape (E, L) or (L,)): the local
+    minimum of the step-size landscape nearest to given steps (e.g. a trained model's).
     """
     check_prompts(x, y, x_query)
     if y_query.shape != x_query.shape[:-1]:
@@ -187,6 +191,10 @@ def tune_functional_gd_steps(
     guesses += [base * spread, 0.3 * base * spread]
     if init is not None:
         guesses.append(as_step_sizes(init, x, layers).expand(E, layers))
+    if local:
+        if init is None:
+            raise ValueError("local: needs init (the steps to start from)")
+        guesses = guesses[-1:]
     guesses = [g.expand(E, layers).clone() for g in guesses]
 
     # exact reduction: prediction = Σ_k α_k(η) m_k, loss = ‖R [α; −1]‖² / B

@@ -1,4 +1,4 @@
-"""Non-linear ("kernel") attention, science.md §2 (Cheng, Chen & Sra 2024).
+"""Non-linear ("kernel") attention (Cheng, Chen & Sra 2024).
 
 Tokens are rows ``z = [x; y]`` (as in :mod:`iclab.models.lsa`): ``(E, B, n+1, d+1)``, the query
 last with label slot 0. One layer updates *every* token (the query included); only the n context

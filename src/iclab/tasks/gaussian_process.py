@@ -1,4 +1,4 @@
-"""Gaussian-process ICL prompts (Cheng, Chen & Sra 2024, science.md §2).
+"""Gaussian-process ICL prompts (Cheng, Chen & Sra 2024).
 
 A prompt holds n context pairs ``(x_i, y_i)`` and a query ``x_q``. The inputs are uniform on the
 unit sphere ``S^{d−1}`` (``inputs='sphere'``, default) or ``N(0, I/d)`` (``'gaussian'``). The labels

@@ -1,4 +1,4 @@
-"""Kernel attention as functional gradient descent, and the GP Bayes predictor (science.md §2).
+"""Kernel attention as functional gradient descent, and the GP Bayes predictor (Cheng, Chen & Sra 2024).
 
 Conventions follow :mod:`iclab.models.kernel_attention` (row tokens, query last, label slot 0)
 and :mod:`iclab.algorithms.kernel_methods` (functional GD with attention weights ``W``).
