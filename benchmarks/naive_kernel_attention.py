@@ -1,5 +1,5 @@
 """A deliberately naive kernel-attention trainer step, the baseline iclab's KernelAttention is
-measured against (Cheng, Chen & Sra 2024; science.md §2).
+measured against (Cheng, Chen & Sra 2024).
 
 Written straight from the math, the way typical public ICL codebases write it. Tokens are rows
 ``z = [x; y]`` in a (B, n+1, d+1) matrix, query last with label slot 0. Every layer updates the

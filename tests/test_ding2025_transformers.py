@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+from report_contract import ROW_KEYS as KEYS
 
 from iclab.analysis.metrics import bootstrap_ci
 from iclab.experiments.ding2025_transformers import (
@@ -37,17 +38,6 @@ TINY = TransformerBudget(
     mixture_steps=6,
     mixture_test_size=64,
 )
-KEYS = {
-    "quantity",
-    "theory",
-    "paper",
-    "trained_mean",
-    "trained_std",
-    "n_seeds",
-    "threshold",
-    "verdict",
-    "note",
-}
 
 
 def _check_rows(rows, count):

@@ -4,6 +4,7 @@ import json
 from typing import ClassVar
 
 import pytest
+from report_contract import ROW_KEYS
 
 from iclab.analysis.report import (
     ReportRow,
@@ -22,18 +23,6 @@ from iclab.experiments.experiment import (
     configure,
     run_experiment,
 )
-
-ROW_KEYS = {
-    "quantity",
-    "theory",
-    "paper",
-    "trained_mean",
-    "trained_std",
-    "n_seeds",
-    "threshold",
-    "verdict",
-    "note",
-}
 
 
 def test_standard_error_takes_the_larger_of_seed_spread_and_prompt_noise():

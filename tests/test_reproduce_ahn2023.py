@@ -5,22 +5,11 @@ import dataclasses
 import json
 
 import pytest
+from report_contract import ROW_KEYS
 
 from iclab.cli import main
 from iclab.experiments.ahn2023 import EXPERIMENT, QUICK, Budget, Recipe
 from iclab.experiments.experiment import run_experiment
-
-ROW_KEYS = {
-    "quantity",
-    "theory",
-    "paper",
-    "trained_mean",
-    "trained_std",
-    "n_seeds",
-    "threshold",
-    "verdict",
-    "note",
-}
 
 # Untrained (0 steps: the run folders hold the initialization), tiny sizes.
 ZERO = Recipe(steps=0, batch_size=64, lr=0.01)

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from report_contract import ROW_KEYS
 
 from iclab.config import load_config
 from iclab.experiments.cheng2024 import (
@@ -14,18 +15,6 @@ from iclab.experiments.cheng2024 import (
 )
 from iclab.experiments.experiment import run_experiment
 from iclab.experiments.registry import EXPERIMENTS, get_experiment
-
-ROW_KEYS = {
-    "quantity",
-    "theory",
-    "paper",
-    "trained_mean",
-    "trained_std",
-    "n_seeds",
-    "threshold",
-    "verdict",
-    "note",
-}
 
 TINY = Budget(
     seeds=2,

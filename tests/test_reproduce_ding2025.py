@@ -5,22 +5,13 @@ the theory rows that hold at any training budget."""
 import dataclasses
 import json
 
+from report_contract import ROW_KEYS
+
 from iclab.experiments.ding2025 import EXPERIMENT, Budget
 from iclab.experiments.ding2025_transformers import TransformerBudget
 from iclab.experiments.experiment import run_experiment
 from iclab.experiments.registry import EXPERIMENTS
 
-ROW_KEYS = {
-    "quantity",
-    "theory",
-    "paper",
-    "trained_mean",
-    "trained_std",
-    "n_seeds",
-    "threshold",
-    "verdict",
-    "note",
-}
 SMALL = {"train.batch_size": 64, "train.test_size": 256, "train.eval_every": 5}
 
 

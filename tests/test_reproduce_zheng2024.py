@@ -5,6 +5,7 @@ import json
 from dataclasses import replace
 
 import pytest
+from report_contract import ROW_KEYS
 
 from iclab.config import ConfigError, load_config
 from iclab.experiments.experiment import run_experiment
@@ -24,17 +25,6 @@ TINY = Budget(
     test_size=32,
     T=12,
 )
-ROW_KEYS = {
-    "quantity",
-    "theory",
-    "paper",
-    "trained_mean",
-    "trained_std",
-    "n_seeds",
-    "threshold",
-    "verdict",
-    "note",
-}
 
 
 def test_report_contract_figures_and_reanalysis(tmp_path):

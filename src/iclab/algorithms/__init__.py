@@ -1,4 +1,4 @@
-"""Batched in-context learning algorithms used as baselines (science.md §0–§1).
+"""Batched in-context learning algorithms used as baselines.
 
 Inputs are prompts with a leading ensemble dimension ``E`` and batch dimension ``B``:
 ``x`` (E, B, n, d), ``y`` (E, B, n), ``x_query`` (E, B, d); outputs are :class:`Prediction` s with

@@ -1,4 +1,4 @@
-"""Batched (preconditioned) gradient descent and GD++ as in-context learners (science.md §0–§1).
+"""Batched (preconditioned) gradient descent and GD++ as in-context learners.
 
 Prompts follow iclab's row convention with a leading ensemble dimension: ``x`` (E, B, n, d),
 ``y`` (E, B, n), ``x_query`` (E, B, d). Both learners work on the in-context least-squares risk
@@ -129,7 +129,7 @@ def preconditioned_gd(
 
     ``w_{ℓ+1} = w_ℓ − η_ℓ Γ_ℓ ∇R(w_ℓ)``, ``ℓ = 0 … L−1``, prediction ``x_qᵀ w_L``. With
     ``Γ_ℓ = A_ℓ`` and ``η_ℓ = 1`` this is exactly an L-layer sparse-PGD linear self-attention
-    (science.md §0); with ``Γ = None`` it is plain GD.
+    (PGD form with B = 0); with ``Γ = None`` it is plain GD.
 
     Args:
         x: (E, B, n, d) context covariates.

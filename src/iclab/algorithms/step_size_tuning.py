@@ -1,6 +1,6 @@
 """Tuning the step sizes of L-step (preconditioned) GD on a batch of held-out prompts.
 
-The usual pattern (science.md §1, experiments 3–4) is to tune on one batch and evaluate on another:
+The usual pattern (Ahn et al.'s loss-vs-L and loss-vs-n experiments) is to tune on one batch and evaluate on another:
 
     tuned = tune_gd_step_sizes(held.x, held.y, held.x_query, held.y_query, layers=3)
     test_pred = tuned.predict(test.x, test.y, test.x_query)

@@ -1,4 +1,4 @@
-"""Linear self-attention (LSA), science.md §0.
+"""Linear self-attention (LSA): residual attention without softmax on ICL prompts.
 
 Convention: iclab stores one token per *row*. With the papers' column layout
 ``Z ← Z + (1/n) P Z M (Zᵀ Q Z)``, the row layout reads ``Z ← Z + (1/n) Z Qᵀ (Z_cᵀ Z_c) Pᵀ``,
@@ -30,8 +30,8 @@ Parametrizations:
   ``ŷ = s · bᵀ G A x_q`` with ``G = (1/n) Σ_i z_i z_iᵀ`` — the sparse one-layer form whose
   reparametrization :mod:`iclab.theory.markov_one_layer` studies. One ``full`` layer has the same
   function class (its other entries of P and Q never reach the query's label slot). For L > 1
-  it is iclab's reading of the paper's multi-layer subspace (science.md does not spell out its
-  Eq. 11): every layer moves the label slots only, ``y_m ← y_m + b_ℓᵀ G_ℓ A_ℓ x_m`` for every
+  it is iclab's reading of the paper's multi-layer subspace (we do not have the
+  paper's Eq. 11 in full): every layer moves the label slots only, ``y_m ← y_m + b_ℓᵀ G_ℓ A_ℓ x_m`` for every
   token m with the current context Gram matrix ``G_ℓ``, and the covariates stay fixed.
 
 All parameters carry leading dims ``(E, L, H, …)``: ensemble member, layer, head. Heads add.

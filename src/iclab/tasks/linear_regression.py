@@ -1,4 +1,4 @@
-"""Linear-regression ICL prompts (Ahn et al. 2023, science.md §1).
+"""Linear-regression ICL prompts (the setting of Ahn et al. 2023).
 
 A prompt holds n context pairs ``(x_i, y_i)`` and a query ``x_q`` with
 ``x ~ N(0, Σ)``, one ``w ~ N(0, Σ_w)`` per prompt, ``y = wᵀx + ε``, ``ε ~ N(0, σ²)``.
