@@ -33,6 +33,7 @@ prediction and is reported as 0.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -312,14 +313,19 @@ def _value_grad_hess(
 
 
 def _levenberg_marquardt(
-    obj: _Objective, theta0: torch.Tensor, max_iter: int = 300, rel_tol: float = 1e-14
+    residuals: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    theta0: torch.Tensor,
+    max_iter: int = 300,
+    rel_tol: float = 1e-14,
 ) -> torch.Tensor:
-    """Levenberg–Marquardt on the least-squares form ``loss = ‖r(θ)‖² + σ²`` (tiny θ).
+    """Levenberg–Marquardt on ``‖r(θ)‖²`` with ``residuals(θ) = (r, J)`` (tiny θ): e.g. the
+    least-squares form ``loss = ‖r(θ)‖² + σ²`` (``_Objective.residuals``), or ``r = ∇f`` with
+    ``J`` the Hessian, which converges to any stationary point of f, saddles included.
 
-    Stops after ``max_iter`` accepted steps or when a step lowers ``‖r‖²`` by less than
-    ``rel_tol`` relative."""
+    Stops after ``max_iter`` accepted steps, when no damping lowers ``‖r‖²``, or when a step
+    lowers it by less than ``rel_tol`` relative."""
     theta = theta0.detach().clone()
-    r, J = obj.residuals(theta)
+    r, J = residuals(theta)
     val = float(r @ r)
     mu = 1e-3
     for _ in range(max_iter):
@@ -333,7 +339,7 @@ def _levenberg_marquardt(
             chol, info = torch.linalg.cholesky_ex(JtJ + mu * torch.diag(diag))
             if int(info) == 0:
                 cand = theta - torch.cholesky_solve(g[:, None], chol)[:, 0]
-                cr, cJ = obj.residuals(cand)
+                cr, cJ = residuals(cand)
                 cval = float(cr @ cr)
                 if math.isfinite(cval) and cval < val:
                     accepted = True
@@ -394,7 +400,7 @@ def _search(obj: _Objective, starts: list[torch.Tensor]) -> torch.Tensor:
     convergence."""
     found = []
     for theta0 in starts:
-        theta = _levenberg_marquardt(obj, theta0, max_iter=40, rel_tol=1e-8)
+        theta = _levenberg_marquardt(obj.residuals, theta0, max_iter=40, rel_tol=1e-8)
         val = float(obj(theta))
         if math.isfinite(val):
             found.append((val, theta))
@@ -403,7 +409,7 @@ def _search(obj: _Objective, starts: list[torch.Tensor]) -> torch.Tensor:
     found.sort(key=lambda item: item[0])
     best_theta, best_val = found[0][1], found[0][0]
     for _, theta in found[:3]:
-        theta = _levenberg_marquardt(obj, theta, max_iter=500, rel_tol=1e-15)
+        theta = _levenberg_marquardt(obj.residuals, theta, max_iter=500, rel_tol=1e-15)
         val = float(obj(theta))
         if math.isfinite(val) and val <= best_val:
             best_theta, best_val = theta, val

@@ -38,6 +38,7 @@ from iclab.theory.multilayer import (
     _levenberg_marquardt,
     _Objective,
     _phi,
+    _value_grad_hess,
     wishart_eigenvalues,
 )
 
@@ -94,52 +95,16 @@ def _full_value_grad(
     return float(val.detach()) + var, se, g
 
 
-def _grad_hess(obj: _Objective, theta: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
-    t = theta.detach().clone().requires_grad_(True)
-    val = obj(t)
-    (g,) = torch.autograd.grad(val, t, create_graph=True)
-    rows = [
-        torch.autograd.grad(g[i], t, retain_graph=i < t.numel() - 1)[0] for i in range(t.numel())
-    ]
-    H = torch.stack(rows).detach()
-    return float(val.detach()), g.detach(), (H + H.T) / 2
+def _gradient_residuals(obj: _Objective):
+    """``θ ↦ (∇f(θ), ∇²f(θ))``: Levenberg–Marquardt on these residuals is damped Newton on the
+    gradient and converges to any stationary point, saddles included."""
 
+    def residuals(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _, g, H = _value_grad_hess(obj, theta)
+        assert H is not None
+        return g, H
 
-def _newton_on_gradient(obj: _Objective, theta0: torch.Tensor, max_iter: int = 200) -> torch.Tensor:
-    """Levenberg–Marquardt on ``‖∇f(θ)‖²`` (Jacobian: the Hessian): converges to any stationary
-    point, saddles included."""
-    theta = theta0.detach().clone()
-    _, g, H = _grad_hess(obj, theta)
-    val = float(g @ g)
-    mu = 1e-3
-    for _ in range(max_iter):
-        if not math.isfinite(val) or val == 0.0:
-            break
-        HtH, rhs = H @ H, H @ g
-        scale = HtH.diagonal().clamp_min(1e-300)
-        accepted = False
-        for _ in range(40):
-            try:
-                step = torch.linalg.solve(HtH + mu * torch.diag(scale), rhs)
-            except RuntimeError:
-                mu *= 10.0
-                continue
-            cand = theta - step
-            _, cg, cH = _grad_hess(obj, cand)
-            cval = float(cg @ cg)
-            if math.isfinite(cval) and cval < val:
-                accepted = True
-                break
-            mu *= 10.0
-            if mu > 1e20:
-                break
-        if not accepted:
-            break
-        theta, g, H, val = cand, cg, cH, cval
-        mu = max(mu / 10.0, 1e-15)
-        if math.sqrt(val) <= 1e-13 * (1.0 + abs(float(obj(theta)))):
-            break
-    return theta
+    return residuals
 
 
 def _starts(L: int, flat: torch.Tensor, count: int, seed: int) -> list[torch.Tensor]:
@@ -171,12 +136,14 @@ class _Landscape:
     def search(self, theta0: torch.Tensor, descent: bool) -> torch.Tensor | None:
         """A stationary point of the compressed loss from ``theta0`` (None if none was found)."""
         if descent:
-            theta = _levenberg_marquardt(self.obj, theta0, max_iter=300, rel_tol=1e-15)
+            theta = _levenberg_marquardt(self.obj.residuals, theta0, max_iter=300, rel_tol=1e-15)
         else:
-            theta = _newton_on_gradient(self.obj, theta0)
+            theta = _levenberg_marquardt(
+                _gradient_residuals(self.obj), theta0, max_iter=200, rel_tol=0.0
+            )
         if not bool(torch.isfinite(theta).all()):
             return None
-        val, g, _ = _grad_hess(self.obj, theta)
+        val, g, _ = _value_grad_hess(self.obj, theta)
         if not (math.isfinite(val) and float(g.norm()) < 1e-5 * (1.0 + abs(val))):
             return None
         return theta
@@ -187,7 +154,7 @@ class _Landscape:
         gradient vanishes there."""
         L = self.L
         val, se, g = _full_value_grad(theta, self.lam, L, self.n, self.var)
-        _, _, H = _grad_hess(self.obj, theta)
+        _, _, H = _value_grad_hess(self.obj, theta)
         for _ in range(8):
             if float(g.norm()) <= 1e-14 * (1.0 + val):
                 break
@@ -199,7 +166,7 @@ class _Landscape:
             if not (math.isfinite(cval) and float(cg.norm()) < float(g.norm())):
                 break
             theta, val, se, g = cand, cval, cse, cg
-            _, _, H = _grad_hess(self.obj, theta)
+            _, _, H = _value_grad_hess(self.obj, theta)
         a = theta[:L]
         if not (float(g.norm()) <= grad_tol * (1.0 + val) and bool((a.abs() > 1e-8).all())):
             return None
