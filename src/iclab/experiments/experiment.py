@@ -126,24 +126,19 @@ class Experiment(ABC, Generic[B]):
         return self.budgets[name]
 
 
+def _git(*args: str) -> str:
+    root = Path(iclab.__file__).resolve().parents[2]
+    done = subprocess.run(
+        ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+    )
+    return done.stdout.strip()
+
+
 def git_commit() -> str | None:
     """The commit of the iclab source tree (``+dirty`` when it has uncommitted changes)."""
-    root = Path(iclab.__file__).resolve().parents[2]
     try:
-        sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
+        sha = _git("rev-parse", "--short=12", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
     return sha + ("+dirty" if dirty else "") if sha else None

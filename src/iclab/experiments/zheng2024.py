@@ -187,6 +187,13 @@ def off_diagonal_drift(model: CausalLinearAttention) -> list[float]:
     return model.off_diagonal_drift().tolist()
 
 
+def _drift_ratio(small: TrainResult, large: TrainResult) -> tuple[list[float], ...]:
+    """Per-seed drift of the run at m and at the larger m, and their ratio (large / small)."""
+    d_small, d_large = off_diagonal_drift(small.model), off_diagonal_drift(large.model)
+    ratio = [x / y if y > 0 else math.nan for x, y in zip(d_large, d_small)]
+    return d_small, d_large, ratio
+
+
 def _ab(res: TrainResult) -> list[float]:
     return res.model.ab().double().tolist()
 
@@ -446,8 +453,7 @@ class Zheng2024(Experiment[Budget]):
         rows: list[ReportRow] = []
         small_run = ctx.runs[_name("gaussian", 1.0, 0.1, 0.1)]
         large_run = ctx.runs[_name("gaussian", 1.0, 0.1, 0.1, large=True)]
-        d_small, d_large = off_diagonal_drift(small_run.model), off_diagonal_drift(large_run.model)
-        ratio = [x / y if y > 0 else math.nan for x, y in zip(d_large, d_small)]
+        d_small, d_large, ratio = _drift_ratio(small_run, large_run)
         # linear response: at equal flow time (same epochs and lr) the drift is ∝ the
         # training-set noise, 1/√m, whether or not it has stopped growing; ab must have settled
         converged, both = _all_converged([small_run, large_run], ("ab",))
@@ -488,8 +494,7 @@ class Zheng2024(Experiment[Budget]):
         rows.append(_and_converged(row, converged, both))
         ones = ctx.runs[_name("ones", 1.0, 0.1, 0.1)]
         ones_large = ctx.runs[_name("ones", 1.0, 0.1, 0.1, large=True)]
-        o_small, o_large = off_diagonal_drift(ones.model), off_diagonal_drift(ones_large.model)
-        o_ratio = [x / y if y > 0 else math.nan for x, y in zip(o_large, o_small)]
+        o_small, o_large, o_ratio = _drift_ratio(ones, ones_large)
         conv_ones, why_ones = _all_converged([ones, ones_large], ("ab",))
         row = compare(
             f"all-ones x_1, diagonal init: off-diagonal drift at m = {large} / at m = {m} "
