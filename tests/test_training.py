@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -151,6 +152,61 @@ def test_shampoo_undoes_a_two_sided_rotation():
         return loss.item()
 
     assert run(Shampoo) < 0.1 * run(torch.optim.Adam)
+
+
+def test_shampoo_exponent_one_half_takes_the_kronecker_newton_step():
+    """For f = ½‖P X Q‖² with X the error W − W*, G = PᵀP X QQᵀ and, over isotropic errors,
+    E[GGᵀ] ∝ (PᵀP)², E[GᵀG] ∝ (QQᵀ)². With p = 1/2 the step recovers X (the Newton direction);
+    p = 1/4 removes only half of the curvature on each side."""
+    from iclab.training.shampoo import Shampoo
+
+    g = torch.Generator().manual_seed(0)
+    d = 5
+
+    def rotated(scales):
+        u, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+        return u @ torch.diag(torch.tensor(scales, dtype=torch.float64)) @ u.T
+
+    P, Q = rotated([1.0, 1.0, 0.5, 0.25, 2.0]), rotated([1.0, 0.3, 1.0, 3.0, 1.0])
+    cosine = {}
+    for exponent in (0.25, 0.5):
+        w = torch.nn.Parameter(torch.zeros(1, 1, 1, d, d, dtype=torch.float64))
+        opt = Shampoo([w], lr=1e-6, betas=(0.0, 0.999), exponent=exponent)  # no momentum
+        for _ in range(2000):
+            X = torch.randn(d, d, generator=g, dtype=torch.float64)
+            w.grad = (P.T @ P @ X @ Q @ Q.T)[None, None, None].clone()
+            before = w.detach().clone()
+            opt.step()
+        step = (before - w.detach())[0, 0, 0]
+        cosine[exponent] = float((step * X).sum() / (step.norm() * X.norm()))
+    assert cosine[0.5] > 0.95 and cosine[0.25] < 0.9, cosine
+
+
+@pytest.mark.parametrize("exponent", [0.25, 0.5])
+def test_shampoo_first_step_is_the_two_sided_root_of_the_gradient(exponent):
+    """After one gradient G = U S Vᵀ the statistics are GGᵀ and GᵀG, so the direction is
+    U S^{1-4p} Vᵀ: the polar factor for p = 1/4, U S⁻¹ Vᵀ for p = 1/2; grafting scales it to the
+    norm of Adam's first step (±1 per entry, Frobenius √(mk))."""
+    from iclab.training.shampoo import Shampoo
+
+    g = torch.Generator().manual_seed(2)
+    m, k = 4, 3
+    grad = torch.randn(1, 1, 1, m, k, generator=g, dtype=torch.float64)
+    w = torch.nn.Parameter(torch.zeros(1, 1, 1, m, k, dtype=torch.float64))
+    opt = Shampoo([w], lr=0.1, exponent=exponent, root_eps=1e-12)
+    w.grad = grad.clone()
+    opt.step()
+    u, s, vh = torch.linalg.svd(grad[0, 0, 0], full_matrices=False)
+    direction = u @ torch.diag(s ** (1 - 4 * exponent)) @ vh
+    expected = -0.1 * direction * math.sqrt(m * k) / torch.linalg.matrix_norm(direction)
+    torch.testing.assert_close(w.detach()[0, 0, 0], expected, rtol=1e-6, atol=1e-9)
+
+
+def test_shampoo_rejects_an_exponent_outside_its_range():
+    from iclab.training.shampoo import Shampoo
+
+    with pytest.raises(ValueError, match="exponent"):
+        Shampoo([torch.nn.Parameter(torch.zeros(1, 1, 1, 2, 2))], exponent=0.0)
 
 
 def test_rerunning_a_completed_run_trains_nothing_and_keeps_its_record(tmp_path):

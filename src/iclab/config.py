@@ -99,6 +99,13 @@ class TrainConfig(BaseModel):
     eps: float = Field(1e-8, gt=0.0, description="Adam/AdamW epsilon")
     weight_decay: float = Field(0.0, ge=0.0, description="weight decay (AdamW: decoupled)")
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD momentum")
+    shampoo_exponent: float = Field(
+        0.25,
+        gt=0.0,
+        le=0.5,
+        description="Shampoo: the inverse root p of each side's statistics, L^-p G R^-p (1/4 is "
+        "the original method, 1/2 the Kronecker-factored Gauss-Newton step)",
+    )
     steps: int = Field(
         1000, ge=0, description="optimizer steps (0 evaluates and saves the initialization)"
     )

@@ -26,7 +26,12 @@ def build_optimizer(
         )
     if cfg.optimizer == "shampoo":
         return Shampoo(
-            params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+            params,
+            lr=cfg.lr,
+            betas=cfg.betas,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            exponent=cfg.shampoo_exponent,
         )
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(

@@ -1,7 +1,12 @@
 """Shampoo for stacks of small matrices, with Adam grafting.
 
 Shampoo (Gupta, Koren & Singer 2018) preconditions the gradient ``G`` of a matrix parameter from
-both sides, ``L^{-1/4} G R^{-1/4}``, with ``L``/``R`` running averages of ``G Gᵀ`` and ``Gᵀ G``.
+both sides, ``L^{-p} G R^{-p}``, with ``L``/``R`` running averages of ``G Gᵀ`` and ``Gᵀ G`` and
+``p = 1/4`` in the original method. ``p = 1/2`` is the Kronecker-factored Gauss–Newton step: for a
+loss ``½‖P (W − W*) Q‖²`` the gradient is ``PᵀP (W − W*) QQᵀ``, so (for a roughly isotropic error)
+``L ∝ (PᵀP)²`` and ``L^{-1/2} G R^{-1/2}`` removes the curvature on each side, where ``p = 1/4``
+removes only its square root. On one matrix (no averaging) ``p = 1/4`` gives the polar factor
+``U Vᵀ`` of ``G = U S Vᵀ`` and ``p = 1/2`` gives ``U S⁻¹ Vᵀ``.
 A rotated input covariance makes LSA's loss landscape ill-conditioned in exactly this two-sided
 way (A_ℓ ~ Σ⁻¹), and Shampoo undoes it: on Ahn et al.'s rotated 3-layer task it converges like on
 Σ = I. The step's size is *grafted* from Adam (each matrix's step has the norm Adam's would have),
@@ -17,10 +22,11 @@ from collections.abc import Iterable
 import torch
 
 
-def _inverse_fourth_root(m: torch.Tensor, eps: float) -> torch.Tensor:
+def _inverse_root(m: torch.Tensor, exponent: float, eps: float) -> torch.Tensor:
+    """``m^{-exponent}`` of a stack of PSD matrices, eigenvalues floored at ``eps``·(largest)."""
     lam, v = torch.linalg.eigh(m)
     floor = eps * lam.amax(dim=-1, keepdim=True).clamp_min(1e-30)
-    return (v * (lam.clamp_min(0) + floor).pow(-0.25).unsqueeze(-2)) @ v.transpose(-1, -2)
+    return (v * (lam.clamp_min(0) + floor).pow(-exponent).unsqueeze(-2)) @ v.transpose(-1, -2)
 
 
 class Shampoo(torch.optim.Optimizer):
@@ -32,8 +38,18 @@ class Shampoo(torch.optim.Optimizer):
         eps: float = 1e-8,
         root_eps: float = 1e-4,
         weight_decay: float = 0.0,
+        exponent: float = 0.25,
     ) -> None:
-        defaults = dict(lr=lr, betas=betas, eps=eps, root_eps=root_eps, weight_decay=weight_decay)
+        if not 0.0 < exponent <= 0.5:
+            raise ValueError(f"exponent must be in (0, 0.5], got {exponent}")
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            root_eps=root_eps,
+            weight_decay=weight_decay,
+            exponent=exponent,
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -68,10 +84,11 @@ class Shampoo(torch.optim.Optimizer):
                     gt = g.transpose(-1, -2)
                     st["left"].mul_(b2).add_(g @ gt, alpha=1 - b2)
                     st["right"].mul_(b2).add_(gt @ g, alpha=1 - b2)
+                    p_exp, r_eps = group["exponent"], group["root_eps"]
                     pre = (
-                        _inverse_fourth_root(st["left"] / corr, group["root_eps"])
+                        _inverse_root(st["left"] / corr, p_exp, r_eps)
                         @ g
-                        @ _inverse_fourth_root(st["right"] / corr, group["root_eps"])
+                        @ _inverse_root(st["right"] / corr, p_exp, r_eps)
                     )
                     norm = lambda x: torch.linalg.matrix_norm(x, keepdim=True)  # noqa: E731
                     pre = pre * (norm(adam_dir) / norm(pre).clamp_min(1e-30))
