@@ -21,8 +21,11 @@ TINY = Budget(
     layers=(1, 2),
     steps=(4, 4),
     linear_steps=(6, 6),
+    softmax_steps=(5, 5),
     batch_size=32,
     lr=0.1,
+    linear_batch_size=48,
+    linear_lr=0.05,
     warmup_steps=1,
     test_size=64,
     tune_size=64,
@@ -34,8 +37,11 @@ UNTRAINED = Budget(
     layers=(1, 3),
     steps=(0, 0),
     linear_steps=(0, 0),
+    softmax_steps=(0, 0),
     batch_size=32,
     lr=0.1,
+    linear_batch_size=32,
+    linear_lr=0.1,
     warmup_steps=0,
     test_size=1000,
     tune_size=500,
@@ -146,3 +152,13 @@ def test_cli_theory_functional_gd_table_and_bad_options(capsys):
     ):
         assert main(["theory", "functional-gd", *bad]) == 2
         assert field in capsys.readouterr().err
+
+
+def test_each_model_family_gets_its_own_recipe():
+    """Linear heads train on their own batch and learning rate, softmax heads for their own
+    number of steps, every other head on the shared recipe."""
+    cfgs = {r.name: r.config for r in EXPERIMENT.runs(TINY, device="cpu")}
+    lin, soft, relu = cfgs["linear_linear_L2"], cfgs["linear_softmax_L2"], cfgs["linear_relu_L2"]
+    assert (lin.train.batch_size, lin.train.lr, lin.train.steps) == (48, 0.05, 6)
+    assert (soft.train.batch_size, soft.train.lr, soft.train.steps) == (32, 0.1, 5)
+    assert (relu.train.batch_size, relu.train.lr, relu.train.steps) == (32, 0.1, 4)

@@ -86,16 +86,21 @@ class Budget:
     ``steps[i]`` is the number of Adam steps of a run with ``layers[i]`` layers (deeper models
     need more steps) and ``linear_steps[i]`` that of a one-head linear model: a deep stack of
     linear heads is the slowest to converge (its loss is a product of L step factors) and the
-    cheapest per step (no score tensors). ``two_head_kernels``: the data kernels the two-head
-    model runs on.
+    cheapest per step (no score tensors); its loss is also the noisiest in the batch, so it
+    trains on ``linear_batch_size`` prompts at ``linear_lr``. ``softmax_steps[i]``: softmax
+    heads descend slowest per step of the non-linear heads. ``two_head_kernels``: the data
+    kernels the two-head model runs on.
     """
 
     seeds: int
     layers: tuple[int, ...]
     steps: tuple[int, ...]
     linear_steps: tuple[int, ...]
+    softmax_steps: tuple[int, ...]
     batch_size: int
     lr: float
+    linear_batch_size: int
+    linear_lr: float
     warmup_steps: int
     test_size: int
     tune_size: int  # prompts per seed for tuning functional-GD steps
@@ -107,7 +112,7 @@ class Budget:
     betas: tuple[float, float] = (0.9, 0.999)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "linear_steps"):
+        for name in ("steps", "linear_steps", "softmax_steps"):
             if len(getattr(self, name)) != len(self.layers):
                 raise ValueError(
                     f"{name}: expected one per depth {self.layers}, got {getattr(self, name)}"
@@ -115,7 +120,13 @@ class Budget:
 
     def steps_for(self, model: str, layers: int) -> int:
         i = self.layers.index(layers)
-        return (self.linear_steps if model == "linear" else self.steps)[i]
+        by_model = {"linear": self.linear_steps, "softmax": self.softmax_steps}
+        return by_model.get(model, self.steps)[i]
+
+    def batch_and_lr(self, model: str) -> tuple[int, float]:
+        if model == "linear":
+            return self.linear_batch_size, self.linear_lr
+        return self.batch_size, self.lr
 
 
 # Step rates measured on the 2-core machine (batch 1000, 3 seeds, L = 7): linear 20 ms, relu
@@ -128,9 +139,12 @@ QUICK = Budget(
     seeds=3,
     layers=(1, 3, 5, 7),
     steps=(100, 200, 300, 400),
-    linear_steps=(300, 600, 900, 1200),
+    linear_steps=(300, 500, 800, 1200),
+    softmax_steps=(100, 200, 600, 800),
     batch_size=700,
     lr=0.1,
+    linear_batch_size=2000,
+    linear_lr=0.03,
     warmup_steps=20,
     test_size=4000,
     tune_size=2000,
@@ -142,9 +156,12 @@ FULL = Budget(
     seeds=3,
     layers=(1, 3, 5, 7),
     steps=(300, 600, 900, 1200),
-    linear_steps=(1500, 3000, 4500, 6000),
+    linear_steps=(800, 1600, 2400, 3200),
+    softmax_steps=(300, 600, 1500, 2000),
     batch_size=1000,
     lr=0.1,
+    linear_batch_size=2000,
+    linear_lr=0.03,
     warmup_steps=50,
     test_size=10000,
     tune_size=10000,
@@ -316,6 +333,7 @@ class Cheng2024(Experiment[Budget]):
             for model in models_for(kernel, budget):
                 for L in budget.layers:
                     steps = budget.steps_for(model, L)
+                    batch_size, lr = budget.batch_and_lr(model)
                     changes = {
                         "name": run_name(kernel, model, L),
                         "device": device,
@@ -324,9 +342,9 @@ class Cheng2024(Experiment[Budget]):
                         "model.heads": model.split("+"),
                         "model.init_std": budget.init_std,
                         "train.steps": steps,
-                        "train.batch_size": budget.batch_size,
+                        "train.batch_size": batch_size,
                         "train.resample_every": budget.resample_every,
-                        "train.lr": budget.lr,
+                        "train.lr": lr,
                         "train.betas": list(budget.betas),
                         "train.test_size": budget.test_size,
                         "train.eval_every": min(budget.eval_every, max(steps, 1)),
