@@ -37,8 +37,16 @@ def publish(report_dir: Path, dest: Path) -> dict:
     shutil.copy2(report_dir / "report.json", target / "report.json")
     for png in sorted((report_dir / "figures").glob("*.png")):
         _small_png(png, target / "figures" / png.name)
-    stamp = dt.datetime.fromtimestamp((report_dir / "report.json").stat().st_mtime, dt.UTC)
-    return {"paper": report_dir.name, "date": stamp.strftime("%Y-%m-%d"), **doc}
+    return {"paper": report_dir.name, "date": _date(report_dir), **doc}
+
+
+def _date(folder: Path) -> str:
+    """When the report's run started (``date`` in report.json; older reports: the file's time)."""
+    doc = json.loads((folder / "report.json").read_text())
+    if doc.get("date"):
+        return str(doc["date"])[:10]
+    stamp = dt.datetime.fromtimestamp((folder / "report.json").stat().st_mtime, dt.UTC)
+    return stamp.strftime("%Y-%m-%d")
 
 
 def write_index(dest: Path) -> None:
@@ -54,10 +62,9 @@ def write_index(dest: Path) -> None:
     for folder in sorted(p for p in dest.iterdir() if (p / "report.json").exists()):
         doc = json.loads((folder / "report.json").read_text())
         s = doc.get("summary", {})
-        date = dt.datetime.fromtimestamp((folder / "report.json").stat().st_mtime, dt.UTC)
         lines.append(
             f"| [{folder.name}]({folder.name}/report.md) | {doc.get('budget')} | "
-            f"`{doc.get('git_commit')}` | {date:%Y-%m-%d} | {doc.get('wall_s')} | "
+            f"`{doc.get('git_commit')}` | {_date(folder)} | {doc.get('wall_s')} | "
             f"{s.get('pass', 0)} | {s.get('refuted', 0)} | {s.get('check', 0)} | {s.get('fail', 0)} |"
         )
     (dest / "README.md").write_text("\n".join(lines) + "\n")

@@ -1,5 +1,6 @@
 """The report contract v2 and the experiment shape (runs declared apart from the analysis)."""
 
+import datetime as dt
 import json
 from typing import ClassVar
 
@@ -127,6 +128,8 @@ def test_run_experiment_trains_then_analyses_folders(tmp_path):
     doc = json.loads((tmp_path / "report.json").read_text())
     assert doc["budget"] == "quick" and doc["seeds"] == [0, 1] and "torch" in doc["versions"]
     assert doc["extra"]["runs"] == 1 and doc["wall_s"] >= 0
+    assert dt.datetime.fromisoformat(doc["date"]).tzinfo is not None  # when it started, UTC
+    assert doc["git_commit"] is None or len(doc["git_commit"].split("+")[0]) == 12
     assert (tmp_path / "runs" / "one" / "model.safetensors").exists()
     # the analysis reads folders only: without training it gives identical rows
     again = run_experiment(

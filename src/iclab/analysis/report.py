@@ -20,7 +20,7 @@ A report is a list of rows, one per quantity the paper makes a statement about::
 Thresholds have a basis: a trained number is compared with its target within ``k`` standard
 errors of the mean (measured over seeds and, where given, test prompts) plus a stated
 optimization tolerance (:class:`Tolerance`). ``report.json`` is ``{"contract": 2, "title",
-"budget", "wall_s", "git_commit", "versions", "seeds", "summary", "rows": [...]}``.
+"budget", "wall_s", "git_commit", "date", "versions", "seeds", "extra", "summary", "rows": [...]}``.
 """
 
 from __future__ import annotations
@@ -244,7 +244,8 @@ def summary(rows: Sequence[ReportRow]) -> dict[str, int]:
 
 @dataclass
 class ReportMeta:
-    """What produced a report: budget, wall time, commit, versions, seeds."""
+    """What produced a report: budget, wall time, commit, versions, seeds; ``date`` is when the
+    run started (UTC, ISO 8601)."""
 
     budget: str
     wall_s: float
@@ -252,6 +253,7 @@ class ReportMeta:
     versions: dict[str, str]
     seeds: list[int]
     extra: dict[str, Any] = field(default_factory=dict)
+    date: str | None = None
 
 
 def _md_cell(v: Any) -> str:
@@ -274,8 +276,8 @@ def write_report(
     if meta is not None:
         lines += [
             f"Budget **{meta.budget}** · wall {meta.wall_s:.0f} s · commit "
-            f"`{meta.git_commit or 'unknown'}` · seeds {meta.seeds} · "
-            + ", ".join(f"{k} {v}" for k, v in meta.versions.items()),
+            f"`{meta.git_commit or 'unknown'}` · started {meta.date or 'unknown'} · "
+            f"seeds {meta.seeds} · " + ", ".join(f"{k} {v}" for k, v in meta.versions.items()),
             "",
         ]
     claims = counts["pass"] + counts["fail"] + counts["refuted"]

@@ -15,6 +15,7 @@ versions and seeds.
 
 from __future__ import annotations
 
+import datetime as dt
 import platform
 import subprocess
 import time
@@ -178,6 +179,8 @@ def run_experiment(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    commit = git_commit()  # the code that trains, even if the tree changes during the run
     b = experiment.budget(budget) if budget_value is None else budget_value
     runs = experiment.runs(b, device)
     if train:
@@ -189,10 +192,11 @@ def run_experiment(
     meta = ReportMeta(
         budget=budget,
         wall_s=round(time.perf_counter() - t0, 1),
-        git_commit=git_commit(),
+        git_commit=commit,
         versions=versions(),
         seeds=seeds,
         extra={"runs": len(runs), "device": device, "train_wall_s": round(train_wall, 1)},
+        date=started,
     )
     sections = [*ctx.sections, runs_table(out / "runs")]
     title = experiment.title + ("" if budget == "full" else f" ({budget})")
