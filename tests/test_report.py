@@ -65,6 +65,13 @@ def test_compare_without_power_cannot_pass():
     assert compare("q", [1.0, 1.1, 0.9], 1.0, "≈", Tolerance(k=3)).verdict == "pass"
     row = compare("q", [0.0, 0.0, 9.0], 0.0, "≈", Tolerance(k=3), max_tolerance=0.1)
     assert row.verdict == "fail"
+    # evidence cannot turn an inconclusive row into a refutation ...
+    row = compare("q", [0.5, 1.0, 9.0], 1.0, "≤", Tolerance(k=3), evidence="converged")
+    assert row.verdict == "fail" and "inconclusive" in row.threshold
+    # ... but a mean outside even the too-wide tolerance violates the claim: refuted stands
+    row = compare("q", [14.0, 16.0, 22.0], 1.0, "≤", Tolerance(k=3), evidence="converged")
+    assert row.verdict == "refuted" and "outside even that" in row.threshold
+    assert compare("q", [14.0, 16.0, 22.0], 1.0, "≤", Tolerance(k=3)).verdict == "fail"
 
 
 def test_check_rows_are_identities_and_fail_when_broken():

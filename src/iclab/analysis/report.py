@@ -145,7 +145,8 @@ def compare(
     A test must have power: when the tolerance exceeds ``max_tolerance`` (default ``|target|``
     for a non-zero target — a tolerance that wide cannot tell the target from 0 or from twice
     it), the row cannot pass: it fails as inconclusive (the seeds disagree too much, e.g. one
-    diverged).
+    diverged). A mean outside even that wide tolerance violates the claim under the most lenient
+    reading, so ``evidence`` may still make it ``refuted``.
     """
     vals = [float(v) for v in values]
     mean, std = mean_std(vals)
@@ -155,24 +156,25 @@ def compare(
     if max_tolerance is None:
         max_tolerance = abs(target) if target != 0 else math.inf
     powerless = not tol <= max_tolerance
-    if not math.isfinite(mean) or powerless:
-        ok = False
-    elif relation == "≈":
-        ok = abs(mean - target) <= tol
+    if relation == "≈":
+        within = abs(mean - target) <= tol
     elif relation == "≤":
-        ok = mean <= target + tol
+        within = mean <= target + tol
     elif relation == "≥":
-        ok = mean >= target - tol
+        within = mean >= target - tol
     else:
         raise ValueError(f"relation: expected one of ≈, ≤, ≥, got {relation!r}")
+    ok = math.isfinite(mean) and within and not powerless
     lhs = "|mean − target|" if relation == "≈" else "mean"
     rhs = {"≈": "", "≤": f"{target:.4g} + ", "≥": f"{target:.4g} − "}[relation]
     op = "≥" if relation == "≥" else "≤"
     threshold = f"{lhs} {op} {rhs}{tolerance.describe(se, target)}"
-    if powerless:
+    if powerless and within:
         threshold += f" (inconclusive: exceeds {max_tolerance:.3g})"
         note = f"{note} Inconclusive: the tolerance exceeds {max_tolerance:.3g}.".strip()
         evidence = None
+    elif powerless:  # the claim fails even the too-wide tolerance: a refutation may stand
+        threshold += f" (tolerance exceeds {max_tolerance:.3g}; the mean is outside even that)"
     verdict: Verdict = "pass" if ok else ("refuted" if evidence else "fail")
     if verdict == "refuted":
         note = f"{note} Refuted: {evidence}".strip()
