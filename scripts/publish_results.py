@@ -56,15 +56,21 @@ def write_index(dest: Path) -> None:
         "Each folder holds a report written by `iclab reproduce PAPER` (report.md, report.json,",
         "figures), with the budget, commit and wall time it was produced with.",
         "",
-        "| paper | budget | commit | date | wall (s) | pass | refuted | check | fail |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "`training (s)` is the runs' own training time summed; `report (s)` the wall time of the",
+        "`iclab reproduce` call that wrote the report (analysis only when the runs had finished",
+        "before it: `runs trained` 0).",
+        "",
+        "| paper | budget | commit | date | training (s) | report (s) | runs trained | pass | "
+        "refuted | check | fail |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for folder in sorted(p for p in dest.iterdir() if (p / "report.json").exists()):
         doc = json.loads((folder / "report.json").read_text())
-        s = doc.get("summary", {})
+        s, extra = doc.get("summary", {}), doc.get("extra", {})
         lines.append(
             f"| [{folder.name}]({folder.name}/report.md) | {doc.get('budget')} | "
-            f"`{doc.get('git_commit')}` | {_date(folder)} | {doc.get('wall_s')} | "
+            f"`{doc.get('git_commit')}` | {_date(folder)} | {extra.get('train_wall_s')} | "
+            f"{doc.get('wall_s')} | {extra.get('runs_trained_now', '?')} of {extra.get('runs')} | "
             f"{s.get('pass', 0)} | {s.get('refuted', 0)} | {s.get('check', 0)} | {s.get('fail', 0)} |"
         )
     (dest / "README.md").write_text("\n".join(lines) + "\n")

@@ -135,6 +135,9 @@ def test_run_experiment_trains_then_analyses_folders(tmp_path):
     doc = json.loads((tmp_path / "report.json").read_text())
     assert doc["budget"] == "quick" and doc["seeds"] == [0, 1] and "torch" in doc["versions"]
     assert doc["extra"]["runs"] == 1 and doc["wall_s"] >= 0
+    run_wall = json.loads((tmp_path / "runs" / "one" / "run.json").read_text())["wall_s"]
+    assert doc["extra"]["runs_trained_now"] == 1
+    assert doc["extra"]["train_wall_s"] == round(run_wall, 1)
     assert dt.datetime.fromisoformat(doc["date"]).tzinfo is not None  # when it started, UTC
     assert doc["git_commit"] is None or len(doc["git_commit"].split("+")[0]) == 12
     assert (tmp_path / "runs" / "one" / "model.safetensors").exists()
@@ -143,6 +146,9 @@ def test_run_experiment_trains_then_analyses_folders(tmp_path):
         _OneRun(), tmp_path, budget="quick", device="cpu", progress=False, train=False
     )
     assert again == rows
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert doc["extra"]["runs_trained_now"] == 0
+    assert doc["extra"]["train_wall_s"] == round(run_wall, 1)  # the runs' own time, kept
 
 
 def test_configure_takes_typed_changes_and_validates():

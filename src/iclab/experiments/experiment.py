@@ -154,14 +154,17 @@ def versions() -> dict[str, str]:
     }
 
 
-def train_runs(runs: list[Run], root: Path, *, progress: bool = True) -> None:
-    """Train every run into ``root/NAME`` (completed runs are skipped, interrupted ones resume)."""
+def train_runs(runs: list[Run], root: Path, *, progress: bool = True) -> int:
+    """Train every run into ``root/NAME`` (completed runs are skipped, interrupted ones resume);
+    returns how many runs took at least one step now."""
     names = [r.name for r in runs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(f"runs: duplicate run names {dupes}")
+    trained = 0
     for r in runs:
-        train(r.config, root / r.name, progress=progress)
+        trained += train(r.config, root / r.name, progress=progress).steps_run > 0
+    return trained
 
 
 def run_experiment(
@@ -183,8 +186,7 @@ def run_experiment(
     commit = git_commit()  # the code that trains, even if the tree changes during the run
     b = experiment.budget(budget) if budget_value is None else budget_value
     runs = experiment.runs(b, device)
-    if train:
-        train_runs(runs, out / "runs", progress=progress)
+    trained_now = train_runs(runs, out / "runs", progress=progress) if train else 0
     ctx: Context[B] = Context(out, b, budget, RunSet(out / "runs", device), device, progress)
     rows = experiment.analyze(ctx)
     train_wall = sum(float(ctx.runs[r.name].info.get("wall_s", 0.0)) for r in runs)
@@ -195,7 +197,12 @@ def run_experiment(
         git_commit=commit,
         versions=versions(),
         seeds=seeds,
-        extra={"runs": len(runs), "device": device, "train_wall_s": round(train_wall, 1)},
+        extra={
+            "runs": len(runs),
+            "runs_trained_now": trained_now,  # 0: this report re-analysed finished runs
+            "device": device,
+            "train_wall_s": round(train_wall, 1),  # the runs' own training time, summed
+        },
         date=started,
     )
     sections = [*ctx.sections, runs_table(out / "runs")]
