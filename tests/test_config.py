@@ -28,7 +28,7 @@ def test_overrides_are_parsed_as_yaml():
         ({"train": {"optimizer": "lbfgs"}}, "train.optimizer"),
         ({"train": {"lr": 0}}, "train.lr"),
         ({"train": {"betas": [0.9, 1.5]}}, "betas"),
-        ({"train": {"shampoo_exponent": 0.75}}, "train.shampoo_exponent"),
+        ({"train": {"shampoo_exponent": 1.5}}, "train.shampoo_exponent"),
         ({"train": {"clip": {"mode": "sometimes"}}}, "train.clip.mode"),
         ({"train": {"schedule": {"kind": "linear"}}}, "train.schedule.kind"),
         ({"n_seeds": 0}, "n_seeds"),

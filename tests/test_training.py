@@ -182,7 +182,32 @@ def test_shampoo_exponent_one_half_takes_the_kronecker_newton_step():
     assert cosine[0.5] > 0.95 and cosine[0.25] < 0.9, cosine
 
 
-@pytest.mark.parametrize("exponent", [0.25, 0.5])
+def test_shampoo_exponent_one_descends_in_whitened_variables():
+    """W seen through W̃ = P W Q: G = Pᵀ G̃ Qᵀ with G̃ isotropic on average. With p = 1 the
+    step, mapped to W̃, is G̃ itself (gradient descent in the well-conditioned variables)."""
+    from iclab.training.shampoo import Shampoo
+
+    g = torch.Generator().manual_seed(3)
+    d = 5
+    P = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0] @ torch.diag(
+        torch.tensor([1.0, 2.0, 0.5, 4.0, 1.0], dtype=torch.float64)
+    )
+    Q = torch.diag(torch.tensor([0.25, 1.0, 1.0, 3.0, 1.0], dtype=torch.float64))
+    cosine = {}
+    for exponent in (0.25, 1.0):
+        w = torch.nn.Parameter(torch.zeros(1, 1, 1, d, d, dtype=torch.float64))
+        opt = Shampoo([w], lr=1e-6, betas=(0.0, 0.999), exponent=exponent, root_eps=1e-8)
+        for _ in range(2000):
+            X = torch.randn(d, d, generator=g, dtype=torch.float64)  # G̃
+            w.grad = (P.T @ X @ Q.T)[None, None, None].clone()
+            before = w.detach().clone()
+            opt.step()
+        step = P @ (before - w.detach())[0, 0, 0] @ Q
+        cosine[exponent] = float((step * X).sum() / (step.norm() * X.norm()))
+    assert cosine[1.0] > 0.95 and cosine[0.25] < 0.9, cosine
+
+
+@pytest.mark.parametrize("exponent", [0.25, 0.5, 1.0])
 def test_shampoo_first_step_is_the_two_sided_root_of_the_gradient(exponent):
     """After one gradient G = U S Vᵀ the statistics are GGᵀ and GᵀG, so the direction is
     U S^{1-4p} Vᵀ: the polar factor for p = 1/4, U S⁻¹ Vᵀ for p = 1/2; grafting scales it to the
@@ -190,7 +215,7 @@ def test_shampoo_first_step_is_the_two_sided_root_of_the_gradient(exponent):
     from iclab.training.shampoo import Shampoo
 
     g = torch.Generator().manual_seed(2)
-    m, k = 4, 3
+    m, k = 4, 4  # square and full rank: no null space for the eigenvalue floor to lift
     grad = torch.randn(1, 1, 1, m, k, generator=g, dtype=torch.float64)
     w = torch.nn.Parameter(torch.zeros(1, 1, 1, m, k, dtype=torch.float64))
     opt = Shampoo([w], lr=0.1, exponent=exponent, root_eps=1e-12)

@@ -102,9 +102,10 @@ class TrainConfig(BaseModel):
     shampoo_exponent: float = Field(
         0.25,
         gt=0.0,
-        le=0.5,
+        le=1.0,
         description="Shampoo: the inverse root p of each side's statistics, L^-p G R^-p (1/4 is "
-        "the original method, 1/2 the Kronecker-factored Gauss-Newton step)",
+        "the original method; 1/2 and 1 undo a two-sided congruence or similarity of the "
+        "weights when the error is isotropic)",
     )
     steps: int = Field(
         1000, ge=0, description="optimizer steps (0 evaluates and saves the initialization)"
