@@ -212,9 +212,10 @@ def _converged(res: TrainResult, key: str = "ab") -> tuple[bool, str]:
     for x0, xr, x1 in zip(first[key], ref[key], last[key]):
         scale = max(abs(x1 - x0), 1e-3 * abs(x1) / CONVERGED, 1e-300)
         worst = max(worst, abs(x1 - xr) / scale)
-    return worst <= CONVERGED, (
-        f"converged: {key} moved ≤ {CONVERGED:.0%} of its total change over epochs "
-        f"{ref['step']}→{last['step']} (worst {worst:.1%})"
+    ok = worst <= CONVERGED
+    return ok, (
+        f"{'converged' if ok else 'not converged'}: {key} must move ≤ {CONVERGED:.0%} of its "
+        f"total change over epochs {ref['step']}→{last['step']} (worst {worst:.1%})"
     )
 
 
@@ -528,8 +529,8 @@ class Zheng2024(Experiment[Budget]):
             f"the training loss decreased monotonically to {_fmt(g_loss)}, below the "
             f"diagonal-init run's {_fmt(d_loss)} on the same training sets, while the "
             f"off-diagonal drift stays at {_fmt(g_drift)} (diagonal init: {floor:.3g}): "
-            "gradient descent cannot climb back to the near-diagonal solution, the flow from "
-            "this initialization ends at a better-fitting non-diagonal one"
+            "gradient descent cannot climb back to the near-diagonal solution, so wherever the "
+            "flow from this initialization ends, it is a better-fitting non-diagonal point"
             if monotone and below
             else None
         )
