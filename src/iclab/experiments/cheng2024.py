@@ -131,10 +131,9 @@ class Budget:
 
 # Step rates measured on the 2-core machine (batch 1000, 3 seeds, L = 7): linear 20 ms, relu
 # 24 ms, exp 20 ms, softmax 43-70 ms, exp+linear 27-50 ms per step (with evaluation), plus 30 ms
-# per fresh batch of relu-kernel prompts (hence resample_every = 4). QUICK measured: 359 s in all
-# (≈ 325 s training, 35 s analysis). FULL estimated from those per-run rates: ≈ 1.4× per step
-# (batch 1000), ≈ 3.5× the steps, plus the exp-data two-head runs and 4× the evaluation sizes:
-# ≈ 2000 s (~33 min).
+# per fresh batch of relu-kernel prompts (hence resample_every = 4); linear heads cost ~2.6× per
+# step at 2000 prompts. QUICK measured (2026-11-30, commit 29fc933): 577 s in all (539 s
+# training). FULL estimated from the per-run rates: ≈ 40 minutes.
 QUICK = Budget(
     seeds=3,
     layers=(1, 3, 5, 7),
