@@ -276,8 +276,18 @@ def write_report(
     counts = summary(rows)
     lines = [f"# {title}", ""]
     if meta is not None:
+        walls = f"wall {meta.wall_s:.0f} s"
+        if "train_wall_s" in meta.extra:
+            walls = (
+                f"training {float(meta.extra['train_wall_s']):.0f} s (the runs' own time, summed) "
+                f"· this call {meta.wall_s:.0f} s"
+            )
+            if "runs_trained_now" in meta.extra:
+                walls += (
+                    f" ({meta.extra['runs_trained_now']} of {meta.extra.get('runs')} runs trained)"
+                )
         lines += [
-            f"Budget **{meta.budget}** · wall {meta.wall_s:.0f} s · commit "
+            f"Budget **{meta.budget}** · {walls} · commit "
             f"`{meta.git_commit or 'unknown'}` · started {meta.date or 'unknown'} · "
             f"seeds {meta.seeds} · " + ", ".join(f"{k} {v}" for k, v in meta.versions.items()),
             "",
