@@ -58,6 +58,13 @@ def test_compare_fails_on_nan_and_refutes_only_with_evidence():
     assert compare("q", [1.0], 1.0, "≈", Tolerance(), evidence="x").verdict == "pass"
 
 
+def test_one_sided_threshold_states_its_bound():
+    row = compare("q", [-3.8, -3.9, -3.7], -3.884, "≤", Tolerance(k=3, abs=0.1))
+    # the tolerance 3·SE + 0.1 is positive; the bound the mean is held to is target + tolerance
+    assert row.threshold.endswith("i.e. mean ≤ -3.611") and row.verdict == "pass"
+    assert compare("q", [0.3, 0.31], 0.2, "≥", Tolerance(k=3)).threshold.endswith("mean ≥ 0.185")
+
+
 def test_compare_without_power_cannot_pass():
     # one diverged seed: the mean is off, but so wide an SE would let anything through
     row = compare("q", [1.0, 1.0, 25.0], 1.0, "≈", Tolerance(k=3))

@@ -169,6 +169,8 @@ def compare(
     rhs = {"≈": "", "≤": f"{target:.4g} + ", "≥": f"{target:.4g} − "}[relation]
     op = "≥" if relation == "≥" else "≤"
     threshold = f"{lhs} {op} {rhs}{tolerance.describe(se, target)}"
+    if relation != "≈":  # the describe() total is the tolerance; spell out the bound itself
+        threshold += f", i.e. mean {op} {target + tol if relation == '≤' else target - tol:.4g}"
     if powerless and within:
         threshold += f" (inconclusive: exceeds {max_tolerance:.3g})"
         note = f"{note} Inconclusive: the tolerance exceeds {max_tolerance:.3g}.".strip()
