@@ -164,3 +164,15 @@ def test_bootstrap_ci_deterministic_batched_and_covers():
         bootstrap_ci(v, level=1.0)
     with pytest.raises(ValueError, match="observation"):
         bootstrap_ci(torch.zeros(0))
+
+
+def test_better_than_the_learner_is_refuted_only_at_the_bayes_ceiling():
+    from iclab.experiments.ding2025_transformers import above_learner_evidence
+
+    # full budget, standard size: +0.0348 ± 0.004 over logistic regression, at Bayes
+    ev = above_learner_evidence("standard", "logistic regression", (0.0348, 0.004), (0.0003, 0.004))
+    assert ev is not None and "Bayes ceiling" in ev
+    # below the ceiling the lead could shrink or grow with training: no refutation
+    assert above_learner_evidence("standard", "lr", (0.0348, 0.004), (-0.02, 0.004)) is None
+    # worse than the learner is never "better than the learners"
+    assert above_learner_evidence("standard", "lr", (-0.05, 0.004), (0.0, 0.004)) is None

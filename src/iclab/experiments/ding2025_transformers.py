@@ -287,6 +287,24 @@ def _paired(diff: torch.Tensor) -> tuple[float, float, list[float]]:
     return float(per_seed.mean()), standard_error(per_seed.tolist(), prompt_se), per_seed.tolist()
 
 
+def above_learner_evidence(
+    size: str, learner: str, vs_learner: tuple[float, float], vs_bayes: tuple[float, float]
+) -> str | None:
+    """Evidence that "the transformer ≈ the best classic learner" fails *upwards* soundly.
+
+    Only a transformer at the Bayes ceiling qualifies (paired difference to the Bayes predictor
+    within 3 SE): no predictor can do better, so its lead over the learner is not an artefact of
+    training. ``vs_learner``/``vs_bayes``: paired (mean, SE) of transformer − learner/Bayes."""
+    (dm, dse), (bm, bse) = vs_learner, vs_bayes
+    if dm <= 0 or abs(bm) > 3 * bse:
+        return None
+    return (
+        f"the {size} transformer is at the Bayes ceiling (paired transformer − Bayes {bm:+.4f} "
+        f"± {bse:.2g}, within 3 SE), the best any predictor can do, and above {learner} by "
+        f"{dm:+.4f} ± {dse:.2g}: it is better than the classic learners, not ≈ them"
+    )
+
+
 def _ceiling_check(
     quantity: str, values: list[float], theory: float, diff: torch.Tensor, note: str
 ):
@@ -377,6 +395,8 @@ def analyze_d(
             )
         )  # fmt: skip
         dm, dse, _ = _paired(t - correct[idx[best], -1])
+        bm, bse, _ = _paired(t - correct[idx[BAYES], -1])
+        evidence = above_learner_evidence(size, best, (dm, dse), (bm, bse))
         rows.append(
             compare(
                 f"(d) {size} softmax transformer vs the best classic learner ({best}) at "
@@ -385,6 +405,7 @@ def analyze_d(
                 note=f"paired transformer − {best} {dm:+.4f} ± {dse:.2g} (SE); baselines: "
                 f"{others}; Bayes {b_m:.4f}; tolerance {tol:g} = how far from the best learner "
                 f"the paper's statement for the {size} size allows",
+                evidence=evidence,
             )
         )  # fmt: skip
         km, kse, kseed = _paired(t - correct[idx[knn], -1])
