@@ -37,12 +37,11 @@ def publish(report_dir: Path, dest: Path) -> dict:
     shutil.copy2(report_dir / "report.json", target / "report.json")
     for png in sorted((report_dir / "figures").glob("*.png")):
         _small_png(png, target / "figures" / png.name)
-    return {"paper": report_dir.name, "date": _date(report_dir), **doc}
+    return {"paper": report_dir.name, "date": _date(doc, report_dir), **doc}
 
 
-def _date(folder: Path) -> str:
+def _date(doc: dict, folder: Path) -> str:
     """When the report's run started (``date`` in report.json; older reports: the file's time)."""
-    doc = json.loads((folder / "report.json").read_text())
     if doc.get("date"):
         return str(doc["date"])[:10]
     stamp = dt.datetime.fromtimestamp((folder / "report.json").stat().st_mtime, dt.UTC)
@@ -69,7 +68,7 @@ def write_index(dest: Path) -> None:
         s, extra = doc.get("summary", {}), doc.get("extra", {})
         lines.append(
             f"| [{folder.name}]({folder.name}/report.md) | {doc.get('budget')} | "
-            f"`{doc.get('git_commit')}` | {_date(folder)} | {extra.get('train_wall_s')} | "
+            f"`{doc.get('git_commit')}` | {_date(doc, folder)} | {extra.get('train_wall_s')} | "
             f"{doc.get('wall_s')} | {extra.get('runs_trained_now', '?')} of {extra.get('runs')} | "
             f"{s.get('pass', 0)} | {s.get('refuted', 0)} | {s.get('check', 0)} | {s.get('fail', 0)} |"
         )

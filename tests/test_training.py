@@ -154,12 +154,27 @@ def test_shampoo_undoes_a_two_sided_rotation():
     assert run(Shampoo) < 0.1 * run(torch.optim.Adam)
 
 
+def _shampoo_step_cosine(g, exponent, gradient, frame=lambda s: s, **kw):
+    """Feed Shampoo 2000 gradients ``gradient(X)`` of isotropic errors X (no momentum, a tiny
+    lr) and return the cosine between the last step, mapped by ``frame``, and the last X."""
+    from iclab.training.shampoo import Shampoo
+
+    d = 5
+    w = torch.nn.Parameter(torch.zeros(1, 1, 1, d, d, dtype=torch.float64))
+    opt = Shampoo([w], lr=1e-6, betas=(0.0, 0.999), exponent=exponent, **kw)
+    for _ in range(2000):
+        X = torch.randn(d, d, generator=g, dtype=torch.float64)
+        w.grad = gradient(X)[None, None, None].clone()
+        before = w.detach().clone()
+        opt.step()
+    step = frame((before - w.detach())[0, 0, 0])
+    return float((step * X).sum() / (step.norm() * X.norm()))
+
+
 def test_shampoo_exponent_one_half_takes_the_kronecker_newton_step():
     """For f = ½‖P X Q‖² with X the error W − W*, G = PᵀP X QQᵀ and, over isotropic errors,
     E[GGᵀ] ∝ (PᵀP)², E[GᵀG] ∝ (QQᵀ)². With p = 1/2 the step recovers X (the Newton direction);
     p = 1/4 removes only half of the curvature on each side."""
-    from iclab.training.shampoo import Shampoo
-
     g = torch.Generator().manual_seed(0)
     d = 5
 
@@ -168,42 +183,25 @@ def test_shampoo_exponent_one_half_takes_the_kronecker_newton_step():
         return u @ torch.diag(torch.tensor(scales, dtype=torch.float64)) @ u.T
 
     P, Q = rotated([1.0, 1.0, 0.5, 0.25, 2.0]), rotated([1.0, 0.3, 1.0, 3.0, 1.0])
-    cosine = {}
-    for exponent in (0.25, 0.5):
-        w = torch.nn.Parameter(torch.zeros(1, 1, 1, d, d, dtype=torch.float64))
-        opt = Shampoo([w], lr=1e-6, betas=(0.0, 0.999), exponent=exponent)  # no momentum
-        for _ in range(2000):
-            X = torch.randn(d, d, generator=g, dtype=torch.float64)
-            w.grad = (P.T @ P @ X @ Q @ Q.T)[None, None, None].clone()
-            before = w.detach().clone()
-            opt.step()
-        step = (before - w.detach())[0, 0, 0]
-        cosine[exponent] = float((step * X).sum() / (step.norm() * X.norm()))
+    cosine = {p: _shampoo_step_cosine(g, p, lambda X: P.T @ P @ X @ Q @ Q.T) for p in (0.25, 0.5)}
     assert cosine[0.5] > 0.95 and cosine[0.25] < 0.9, cosine
 
 
 def test_shampoo_exponent_one_descends_in_whitened_variables():
     """W seen through W̃ = P W Q: G = Pᵀ G̃ Qᵀ with G̃ isotropic on average. With p = 1 the
     step, mapped to W̃, is G̃ itself (gradient descent in the well-conditioned variables)."""
-    from iclab.training.shampoo import Shampoo
-
     g = torch.Generator().manual_seed(3)
     d = 5
     P = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0] @ torch.diag(
         torch.tensor([1.0, 2.0, 0.5, 4.0, 1.0], dtype=torch.float64)
     )
     Q = torch.diag(torch.tensor([0.25, 1.0, 1.0, 3.0, 1.0], dtype=torch.float64))
-    cosine = {}
-    for exponent in (0.25, 1.0):
-        w = torch.nn.Parameter(torch.zeros(1, 1, 1, d, d, dtype=torch.float64))
-        opt = Shampoo([w], lr=1e-6, betas=(0.0, 0.999), exponent=exponent, root_eps=1e-8)
-        for _ in range(2000):
-            X = torch.randn(d, d, generator=g, dtype=torch.float64)  # G̃
-            w.grad = (P.T @ X @ Q.T)[None, None, None].clone()
-            before = w.detach().clone()
-            opt.step()
-        step = P @ (before - w.detach())[0, 0, 0] @ Q
-        cosine[exponent] = float((step * X).sum() / (step.norm() * X.norm()))
+    cosine = {
+        p: _shampoo_step_cosine(
+            g, p, lambda X: P.T @ X @ Q.T, frame=lambda s: P @ s @ Q, root_eps=1e-8
+        )
+        for p in (0.25, 1.0)
+    }
     assert cosine[1.0] > 0.95 and cosine[0.25] < 0.9, cosine
 
 

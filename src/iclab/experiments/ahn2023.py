@@ -45,17 +45,16 @@ from iclab.analysis.report import ReportRow, claim
 from iclab.config import RunConfig
 from iclab.experiments.experiment import Context, Experiment, Run, configure
 from iclab.theory import (
+    CriticalPoint,
+    PGDScalars,
     best_pgd_scalars,
+    critical_point_near,
     one_layer_second_moment,
     optimal_one_layer_loss,
-    preconditioner_optimum,
-)
-from iclab.theory.multilayer import PGDScalars, wishart_eigenvalues
-from iclab.theory.pgd_critical_points import (
-    CriticalPoint,
-    critical_point_near,
     pgd_critical_points,
+    preconditioner_optimum,
     project_to_class,
+    wishart_eigenvalues,
 )
 from iclab.training import TrainResult
 
