@@ -29,6 +29,16 @@ def test_overrides_are_parsed_as_yaml():
         ({"train": {"lr": 0}}, "train.lr"),
         ({"train": {"betas": [0.9, 1.5]}}, "betas"),
         ({"train": {"shampoo_exponent": 1.5}}, "train.shampoo_exponent"),
+        ({"train": {"polish": {"steps": -1}}}, "train.polish.steps"),
+        ({"train": {"polish": {"damping": float("inf")}}}, "train.polish.damping"),
+        (
+            {
+                "model": {"kind": "kernel_attention"},
+                "task": {"kind": "gaussian_process"},
+                "train": {"polish": {"steps": 3}},
+            },
+            "train.polish.steps",
+        ),
         ({"train": {"clip": {"mode": "sometimes"}}}, "train.clip.mode"),
         ({"train": {"schedule": {"kind": "linear"}}}, "train.schedule.kind"),
         ({"n_seeds": 0}, "n_seeds"),

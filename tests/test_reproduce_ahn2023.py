@@ -72,6 +72,11 @@ def test_budgets_declare_typed_runs():
     assert {"one_layer_identity", "identity_L3", "rotated_L3", "rotated_L4"} <= set(names)
     deep = {r.name: r.config for r in runs}["rotated_L4"]
     assert deep.model.layers == 4 and deep.train.lr == QUICK.sweep[4].lr
+    rotated = {r.name: r.config for r in runs}["rotated_L3"]
+    polish = rotated.train.polish
+    assert polish.steps == QUICK.sweep[3].polish_steps > 0
+    assert polish.averaging_steps == QUICK.sweep[3].averaging_steps > 0
+    assert polish.batch_size == QUICK.sweep[3].polish_batch
     small = dataclasses.replace(QUICK, layers=(2,), ns=(20,))
     assert "rotated_L2" in {r.name for r in EXPERIMENT.runs(small, "cpu")}
 
@@ -119,3 +124,30 @@ def test_cli_trains_and_reports_a_kernel_attention_preset(tmp_path):
     assert main(args) == 0
     assert main(["report", str(tmp_path / "k")]) == 0
     assert (tmp_path / "k" / "figures" / "loss.png").exists()
+
+
+def test_distance_row_adds_sampling_noise_only_at_a_critical_point():
+    """A polished run far from the class (one Levenberg–Marquardt step from the init) gets no
+    sampling allowance, so its distance to identity fails the row."""
+    import types
+
+    from iclab.experiments import ahn2023
+    from iclab.experiments.experiment import configure
+    from iclab.training import train
+
+    cfg = configure(
+        "ahn2023_rotated_L3",
+        {"device": "cpu", "n_seeds": 2, "train.steps": 0, "train.test_size": 256,
+         "train.compile": False, "train.polish.steps": 1, "train.polish.batch_size": 512},
+    )  # fmt: skip
+    res = train(cfg, None, progress=False)
+    ex = ahn2023.Ahn2023()
+    ex._ctx = types.SimpleNamespace(budget=dataclasses.replace(UNTRAINED))
+    ex._eigen, ex._theory, ex._noise = {}, {}, {}
+    reached = ex._reached(res)
+    assert all(dev > ahn2023.TOL_SCALARS for dev in reached.deviation)
+    assert ahn2023._distance_from_sampling(res, reached) == [0.0, 0.0]
+    row = ahn2023._distance_row(
+        "distance", ahn2023._worst_distance_to_identity(res), [0.0, 0.0], paper="p"
+    )
+    assert row.verdict == "fail"

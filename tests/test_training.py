@@ -356,3 +356,128 @@ def test_gradient_clipping_handles_complex_parameters():
     torch.testing.assert_close(norm, torch.tensor([15.0, 0.15], dtype=torch.float64))
     assert abs(p.grad[0].abs().square().sum().sqrt().item() - 1.0) < 1e-12  # clipped to 1
     assert abs(p.grad[1, 0, 0] - (0.03 + 0.04j)) < 1e-15  # below the cap: untouched
+
+
+# ---------------------------------------------------------------- Levenberg–Marquardt polishing
+
+
+def test_prediction_jacobian_matches_a_naive_autograd_loop():
+    cfg = small_config()
+    res = train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 5})}), None,
+                progress=False)  # fmt: skip
+    model, batch = res.model, res.task.sample(7, "probe", 0)
+    state = model.prepare(batch)
+    J = model.prediction_jacobian(state, chunk=3)  # chunks of 3, 3, 1 prompts
+    params = [p for _, p in model.named_parameters()]
+    for e in range(model.ensemble_size):
+        for b in range(7):
+            grads = torch.autograd.grad(model.predict_prepared(state)[e, b], params)
+            naive = torch.cat([g[e].flatten() for g in grads])
+            torch.testing.assert_close(J[e, b], naive, rtol=1e-5, atol=1e-7)
+            # member e's prediction never depends on another member's parameters
+            assert all(float(g[[i for i in range(model.ensemble_size) if i != e]].abs().max()) == 0
+                       for g in grads)  # fmt: skip
+
+
+def polish_config(**polish):
+    return small_config(
+        steps=20, polish={"steps": 6, "batch_size": 4000, "averaging_steps": 2, **polish}
+    )
+
+
+def test_polishing_descends_on_its_batch_and_is_logged_every_iteration():
+    res = train(polish_config(), None, progress=False)
+    polish = [m for m in res.metrics if 20 < m["step"] <= 26]
+    assert [m["step"] for m in res.metrics if m["step"] > 20] == list(range(21, 29))
+    batch_losses = torch.tensor([m["train_loss"] for m in polish])
+    # a step is kept only if it descends (up to float rounding)
+    assert (batch_losses[1:] <= batch_losses[:-1] * (1 + 1e-6)).all()
+    assert all(len(m["damping"]) == 2 for m in polish)
+    first_order_only = train(small_config(steps=20), None, progress=False)
+    assert max(polish[-1]["test_loss"]) < 0.5 * min(first_order_only.metrics[-1]["test_loss"])
+
+
+def _one_layer_features(task, stream_index, size=500):
+    """Features F (E, B, d·d) with ŷ = F·vec(A) for one sparse layer, and targets (E, B), of
+    polishing batch k: ŷ = −x_qᵀ Q (1/n) Xᵀ y with Q = −Aᵀ, so F = vec(x_q (Xᵀy/n)ᵀ)."""
+    batch = task.sample(size, "polish", stream_index)
+    u = batch.x_query.double()
+    v = (batch.x.double().transpose(-1, -2) @ batch.y.double().unsqueeze(-1)).squeeze(-1)
+    v = v / batch.x.shape[-2]
+    return (u.unsqueeze(-1) * v.unsqueeze(-2)).flatten(-2), batch.y_query.double()
+
+
+def _least_squares(F, y):
+    return torch.linalg.lstsq(F, y.unsqueeze(-1)).solution.squeeze(-1)
+
+
+def _one_layer_polish(averaging, batch_size=500):
+    cfg = make_config(
+        {
+            "n_seeds": 2,
+            "task": {"d": 3, "n": 6, "covariance": "rotated", "weight_prior": "inverse_covariance"},
+            "model": {"layers": 1, "parametrization": "sparse_pgd", "init_std": 0.01},
+            "train": {
+                "steps": 0,
+                "test_size": 64,
+                "polish": {"steps": 5, "batch_size": batch_size, "averaging_steps": averaging},
+            },
+        }
+    )
+    res = train(cfg, None, progress=False)
+    return res, res.model.A[:, 0, 0].detach().double().flatten(1)
+
+
+def test_polishing_lands_on_the_one_layer_least_squares_solution():
+    """One sparse layer is linear in A, so Gauss–Newton is exact: Levenberg–Marquardt lands on
+    the fixed batch's least-squares preconditioner."""
+    res, trained = _one_layer_polish(0)
+    torch.testing.assert_close(trained, _least_squares(*_one_layer_features(res.task, 0)),
+                               rtol=2e-3, atol=2e-4)  # fmt: skip
+
+
+def test_averaging_steps_keep_the_running_mean_of_the_batches_optima():
+    """Each averaging step j (size 1/(j+2)) is a Gauss–Newton step on a fresh batch; for a linear
+    model it moves exactly to (1 − η)θ + η θ̂_j, so after 3 steps the weights are the mean of the
+    least-squares solutions of batches 0–3."""
+    res, trained = _one_layer_polish(3)
+    solutions = torch.stack([_least_squares(*_one_layer_features(res.task, k)) for k in range(4)])
+    torch.testing.assert_close(trained, solutions.mean(0), rtol=2e-3, atol=2e-4)
+    assert float((trained - solutions[0]).abs().max()) > 10 * 2e-4  # not the fixed batch's
+
+
+def test_averaging_steps_approach_the_population_optimum():
+    """After 40 averaging steps the weights are closer to the population least-squares solution
+    (fitted here on 200000 prompts) than the fixed batch's own optimum is, for every member."""
+    res, fixed = _one_layer_polish(0, batch_size=300)
+    res, averaged = _one_layer_polish(40, batch_size=300)
+    population = _least_squares(*_one_layer_features(res.task, 10_000, size=200_000))
+    assert ((averaged - population).norm(dim=-1) < 0.5 * (fixed - population).norm(dim=-1)).all()
+
+
+def test_polishing_keeps_members_independent():
+    both = train(polish_config(), None, progress=False)
+    cfg = polish_config().model_copy(update={"seed": 1, "n_seeds": 1})
+    alone = train(cfg, None, progress=False)
+    torch.testing.assert_close(both.model.A[1], alone.model.A[0], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kill_at", [20, 23, 27])
+def test_run_killed_while_polishing_resumes_to_identical_metrics(tmp_path, kill_at):
+    cfg = polish_config()
+    full = train(cfg, tmp_path / "full", progress=False)
+
+    def kill(step):
+        if step == kill_at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "killed", progress=False, on_step=kill)
+    interrupted = load_run(tmp_path / "killed")  # reads the checkpoint's parameters only
+    assert interrupted.metrics[-1]["step"] == kill_at
+    resumed = train(cfg, tmp_path / "killed", progress=False)
+    assert resumed.info["resumed_from_step"] == kill_at
+    assert strip(resumed.metrics) == strip(full.metrics)
+    torch.testing.assert_close(resumed.model.A, full.model.A, rtol=0, atol=0)
+    _, meta = load_tensors(tmp_path / "killed" / "model.safetensors")
+    assert meta["step"] == 28

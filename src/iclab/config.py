@@ -86,6 +86,38 @@ class ScheduleConfig(BaseModel):
     min_factor: float = Field(0.0, ge=0.0, le=1.0, description="'cosine': final lr / initial lr")
 
 
+class PolishConfig(BaseModel):
+    """Levenberg–Marquardt iterations after the first-order steps (small models only)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int = Field(
+        0,
+        ge=0,
+        description="Levenberg–Marquardt iterations after train.steps on one fixed batch (0: "
+        "none); each solves the damped Gauss–Newton system of the squared query error, so it "
+        "converges where first-order steps crawl along ill-conditioned directions",
+    )
+    batch_size: int = Field(
+        20000,
+        ge=1,
+        description="prompts per seed in the fixed polishing batch (and in each averaging batch)",
+    )
+    averaging_steps: int = Field(
+        0,
+        ge=0,
+        description="then Gauss–Newton steps on fresh batches with step sizes 1/2, 1/3, …: the "
+        "iterate averages the batches' optima, so its sampling error keeps falling",
+    )
+    damping: float = Field(
+        1e-3,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="initial damping λ, relative to the mean diagonal of the Gauss–Newton "
+        "matrix (divided by 3 after an accepted step, multiplied by 10 after a rejected one)",
+    )
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -114,6 +146,7 @@ class TrainConfig(BaseModel):
     resample_every: int = Field(1, ge=1, description="draw a fresh training batch every k steps")
     clip: ClipConfig = ClipConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    polish: PolishConfig = PolishConfig()
     test_size: int = Field(5000, ge=1, description="prompts in the fixed test set (per seed)")
     eval_every: int = Field(100, ge=1, description="evaluate on the test set every k steps")
     checkpoint_every: int = Field(1000, ge=1, description="write a checkpoint every k steps")
@@ -149,6 +182,17 @@ class RunConfig(BaseModel):
         "softmax_transformer, causal_linear_attention",
     )
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _check_polish(self) -> RunConfig:
+        polish = self.train.polish
+        if polish.steps + polish.averaging_steps > 0 and self.model.kind != "lsa":
+            raise ValueError(
+                "train.polish.steps: Levenberg–Marquardt polishing needs per-prompt Jacobians, "
+                f"which only model.kind 'lsa' provides; got model.kind {self.model.kind!r} "
+                "(set train.polish.steps=0)"
+            )
+        return self
 
     @property
     def seeds(self) -> list[int]:

@@ -241,6 +241,36 @@ class LinearSelfAttention(nn.Module):
         """Predictions (E, B) for prompts x (E, B, n, d), y (E, B, n), x_query (E, B, d)."""
         return self.predict_from_state(self.gram_state(x, y, x_query))
 
+    def prediction_jacobian(self, state: GramState, chunk: int = 8192) -> torch.Tensor:
+        """Per-prompt gradient of every member's prediction with respect to that member's own
+        parameters: (E, B, P), the parameters of ``named_parameters`` flattened in that order.
+
+        Batched per-example gradients (``torch.func.vmap`` of ``grad`` over the prompt axis), in
+        chunks of ``chunk`` prompts; members never interact, so the gradient of the sum of
+        the members' predictions holds each member's own derivatives."""
+        from torch.func import functional_call, grad, vmap
+
+        wrapper = _GramPredictor(self)
+        params = {k: v.detach() for k, v in wrapper.named_parameters()}
+        E = self.ensemble_size
+
+        def one(
+            p: dict[str, torch.Tensor], gram: torch.Tensor, query: torch.Tensor
+        ) -> torch.Tensor:
+            pred = functional_call(wrapper, p, (gram.unsqueeze(-1), query.unsqueeze(-1), state.n))
+            return pred.sum()
+
+        per_prompt = vmap(grad(one), in_dims=(None, -1, -1))
+        blocks = []
+        for lo in range(0, state.gram.shape[-1], chunk):
+            g = per_prompt(
+                params, state.gram[..., lo : lo + chunk], state.query[..., lo : lo + chunk]
+            )
+            blocks.append(
+                torch.cat([g[k].transpose(0, 1).reshape(E, g[k].shape[0], -1) for k in params], -1)
+            )
+        return torch.cat(blocks, dim=1)
+
     def forward_tokens(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """Residual stream of every layer: ``[Z_0, …, Z_L]``, each (E, B, n+1, d+1), rows = tokens.
 
@@ -263,6 +293,17 @@ class LinearSelfAttention(nn.Module):
     def predict_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Predictions (E, B) via :meth:`forward_tokens` (slower; for inspection and tests)."""
         return self.sign * self.forward_tokens(tokens)[-1][..., -1, self.d]
+
+
+class _GramPredictor(nn.Module):
+    """The LSA as a function of a Gram state's tensors (for ``torch.func``)."""
+
+    def __init__(self, lsa: LinearSelfAttention) -> None:
+        super().__init__()
+        self.lsa = lsa
+
+    def forward(self, gram: torch.Tensor, query: torch.Tensor, n: int) -> torch.Tensor:
+        return self.lsa.predict_from_state(GramState(gram=gram, query=query, n=n))
 
 
 def _sandwich(Q: torch.Tensor, C: torch.Tensor, P: torch.Tensor) -> torch.Tensor:

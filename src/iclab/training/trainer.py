@@ -11,6 +11,12 @@ mean squared error against ``y_query``); a model may instead define ``loss_prepa
 batch) -> (E,)`` (its own objective, e.g. over all prefix predictions of a sequence) and
 ``eval_metrics(state, batch) -> {name: per-seed list}``, logged with every evaluation.
 
+Polishing (``train.polish``, LSA only): after ``train.steps`` first-order steps,
+``polish.steps`` Levenberg–Marquardt iterations on one fixed batch (stream (seed, "polish", 0)),
+then ``polish.averaging_steps`` Gauss–Newton steps on fresh batches (seed, "polish", j) with
+step sizes 1/2, 1/3, … (see :mod:`iclab.training.levenberg_marquardt`). Every polishing step is
+evaluated and checkpointed; its damping λ is part of the checkpoint.
+
 Determinism: training batch k is drawn from the stream (seed, "train", k) and the test set from
 (seed, "test", 0), so the same config and seed give the same numbers, and a run killed at any
 point resumes from its last checkpoint to exactly the metrics of an uninterrupted run.
@@ -41,6 +47,7 @@ from iclab.tasks.gaussian_process import GaussianProcessTask
 from iclab.tasks.linear_dynamics import LinearDynamicsTask
 from iclab.tasks.markov_chain import MarkovChainTask
 from iclab.training import checkpoint as io
+from iclab.training.levenberg_marquardt import averaging_step, lm_iteration
 from iclab.training.optim import build_optimizer, clip_gradients, lr_factor
 
 
@@ -145,15 +152,21 @@ def train(
     task = build_task(config, device, dtype)
     model = build_model(config, device, dtype)
     opt = build_optimizer(model.parameters(), tcfg)
+    polish = tcfg.polish
+    # first-order steps, Levenberg–Marquardt on one fixed batch, Gauss–Newton averaging steps
+    total = tcfg.steps + polish.steps + polish.averaging_steps
+    damping = torch.full((config.n_seeds,), tcfg.polish.damping, dtype=torch.float64)
     metrics: list[dict[str, Any]] = []
     start = 0
     if run_dir is not None and resume and (run_dir / io.CHECKPOINT).exists():
         tensors, meta = io.load_tensors(run_dir / io.CHECKPOINT)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         io.restore_optimizer(opt, tensors, meta["optimizer"])
+        if "polish.damping" in tensors:
+            damping = tensors["polish.damping"].to(torch.float64)
         start = int(meta["step"])
         metrics = [m for m in io.read_metrics(run_dir / io.METRICS) if m["step"] <= start]
-    if run_dir is not None and start >= tcfg.steps and (run_dir / io.RUN_INFO).exists():
+    if run_dir is not None and start >= total and (run_dir / io.RUN_INFO).exists():
         # already complete: report it as it was, write nothing
         done_info = json.loads((run_dir / io.RUN_INFO).read_text())
         if done_info.get("status") == "completed":
@@ -219,6 +232,9 @@ def train(
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         ot, ometa = io.optimizer_tensors(opt)
         tensors.update(ot)
+        if polish.steps + polish.averaging_steps > 0:
+            tensors["polish.damping"] = damping
+
         meta = {"step": step, "optimizer": ometa, "config": config.to_dict()}
         io.save_tensors(run_dir / io.CHECKPOINT, tensors, meta)
         io.write_metrics(run_dir / io.METRICS, metrics)
@@ -249,9 +265,36 @@ def train(
 
     prior_wall = float(metrics[-1].get("wall_s", 0.0)) if metrics else 0.0
     t0 = time.perf_counter()
+
+    def record(done: int, lr: float, loss: torch.Tensor, **extra: Any) -> None:
+        """Evaluate on the test set and append a metrics record (diverged if not finite)."""
+        try:
+            test = evaluate()
+        except FloatingPointError as err:
+            bar.close()
+            raise diverged(done, f"the test forward pass [{err}]", None) from err
+        if not torch.isfinite(test).all():
+            bar.close()
+            raise diverged(done, "the test loss", test)
+        metrics.append(
+            {
+                "step": done,
+                "lr": lr,
+                "train_loss": loss.detach().cpu().tolist(),
+                "test_loss": test.cpu().tolist(),
+                "wall_s": round(prior_wall + time.perf_counter() - t0, 3),
+                **extra_metrics(),
+                **extra,
+            }
+        )
+        bar.set_postfix(test=f"{test.mean().item():.3g}")
+        if writer is not None:
+            writer.add_scalar("loss/test_mean", test.mean().item(), done)
+            writer.add_scalar("loss/train_mean", loss.detach().mean().item(), done)
+
     state = None
     bar = tqdm(
-        total=tcfg.steps, initial=start, disable=not progress, desc=config.name, dynamic_ncols=True
+        total=total, initial=start, disable=not progress, desc=config.name, dynamic_ncols=True
     )
     loss = torch.zeros(config.n_seeds)
     for step in range(start, tcfg.steps):
@@ -277,36 +320,43 @@ def train(
         done = step + 1
         bar.update(1)
         if done % tcfg.eval_every == 0 or done == tcfg.steps:
-            try:
-                test = evaluate()
-            except FloatingPointError as err:
-                bar.close()
-                raise diverged(done, f"the test forward pass [{err}]", None) from err
-            if not torch.isfinite(test).all():
-                bar.close()
-                raise diverged(done, "the test loss", test)
-            rec = {
-                "step": done,
-                "lr": lr,
-                "train_loss": loss.detach().cpu().tolist(),
-                "test_loss": test.cpu().tolist(),
-                "wall_s": round(prior_wall + time.perf_counter() - t0, 3),
-                **extra_metrics(),
-            }
-            metrics.append(rec)
-            bar.set_postfix(test=f"{test.mean().item():.3g}")
-            if writer is not None:
-                writer.add_scalar("loss/test_mean", test.mean().item(), done)
-                writer.add_scalar("loss/train_mean", loss.detach().mean().item(), done)
+            record(done, lr, loss)
         if done % tcfg.checkpoint_every == 0 or done == tcfg.steps:
             save_checkpoint(done)
         if on_step is not None:
             on_step(done)
+    for step in range(max(start, tcfg.steps), total):
+        k = (
+            step - tcfg.steps
+        )  # Levenberg–Marquardt on batch 0, then averaging on batch k − steps + 1
+        fresh = k >= polish.steps
+        if state is None or fresh or step == max(start, tcfg.steps):
+            batch = task.sample(polish.batch_size, "polish", k - polish.steps + 1 if fresh else 0)
+            with torch.no_grad():
+                state = model.prepare(batch)
+        try:
+            if fresh:
+                eta = 1.0 / (k - polish.steps + 2)
+                loss = averaging_step(model, state, batch.y_query, damping, eta)
+            else:
+                damping, loss = lm_iteration(model, state, batch.y_query, damping)
+        except FloatingPointError as err:
+            bar.close()
+            raise diverged(step + 1, f"the forward pass [{err}]", None) from err
+        if not torch.isfinite(loss).all():
+            bar.close()
+            raise diverged(step + 1, "the polishing loss", loss)
+        done = step + 1
+        bar.update(1)
+        record(done, 0.0, loss, damping=damping.tolist())
+        save_checkpoint(done)
+        if on_step is not None:
+            on_step(done)
     bar.close()
     wall = time.perf_counter() - t0
-    steps_run = tcfg.steps - start
+    steps_run = total - start
     total_wall = prior_wall + wall
-    if start == tcfg.steps and not metrics:
+    if start == total and not metrics:
         metrics.append(
             {"step": start, "lr": 0.0, "train_loss": [], "test_loss": evaluate().tolist()}
         )
@@ -318,7 +368,7 @@ def train(
         steps_per_s=steps_run / wall if wall > 0 else None,
     )
     if run_dir is not None:
-        meta = {"step": tcfg.steps, "config": config.to_dict()}
+        meta = {"step": total, "config": config.to_dict()}
         io.save_tensors(run_dir / io.MODEL, dict(model.state_dict()), meta)
         io.write_metrics(run_dir / io.METRICS, metrics)
         io.atomic_write_json(run_dir / io.RUN_INFO, info)
@@ -336,7 +386,13 @@ def load_run(run_dir: str | Path, device: str | None = None) -> TrainResult:
     model = build_model(config, dev, dtype)
     path = run_dir / io.MODEL if (run_dir / io.MODEL).exists() else run_dir / io.CHECKPOINT
     tensors, _ = io.load_tensors(path)
-    sd = {k.removeprefix("model."): v for k, v in tensors.items() if not k.startswith("optim.")}
+    # model.safetensors holds bare parameter names; a checkpoint prefixes them with "model." next
+    # to the optimizer's "optim.*" and the polishing state "polish.*"
+    sd = {
+        k.removeprefix("model."): v
+        for k, v in tensors.items()
+        if not k.startswith(("optim.", "polish."))
+    }
     model.load_state_dict(sd)
     import json
 
