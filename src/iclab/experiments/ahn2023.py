@@ -121,6 +121,23 @@ class Budget:
 # heading for the best point of the class (6.69e-4). The paper's authors ran L-BFGS on one
 # fixed batch as their second recipe, for the same reason.
 #
+# Quick report with this budget (2026-11-30, measured with other jobs on the cores): 12 pass,
+# 6 fail. Fixed: the rotated L = 3 seeds reach the best point of the class (scalars within
+# 1.4%, test loss within its SE), L = 3 and L = 2 loss rows pass. Still failing, for the next
+# session:
+# - Σ = I, L = 3: every seed lands at the paper's local minimum (0.716, 2.64, 7.14; loss
+#   1.30e-3) but with all a_ℓ ≈ 5% high (0.757, 2.765, 7.41), the same in every seed: a bias of
+#   the finite-sample fit, not noise (the critical point moves by < 1% between Monte Carlo
+#   samples of 200k and 1M eigenvalue draws). TOL_SCALARS (5%) has no measured basis yet.
+# - rotated L = 3: distance to identity 0.060–0.068 after 30 LM + 40 averaging steps on 20000
+#   prompts (0.12 at the optimum of one 40000-prompt batch); the sandwich term (0.014–0.029)
+#   under-states the heavy-tailed sampling error; seed 1 misses its bound by 0.004.
+# - L = 4: 40 LM + 40 averaging steps reach 5e-6–1.8e-5 (600 Shampoo steps alone: ~2e-4);
+#   the best class loss is 1.4e-6.
+# - n = 14: the optimum of one 20000-prompt batch over-fits (one seed's test loss ~1) and
+#   averaging steps on fresh batches make it worse (two seeds ~0.5): at n = 14 the per-prompt
+#   loss is far more heavy-tailed than at n = 20.
+#
 # Shampoo (two-sided preconditioning) with per-matrix clipping, a linear warm-up and a cosine
 # decay to 1% of the learning rate, then Levenberg–Marquardt (``Recipe.polish_steps``).
 QUICK = Budget(
@@ -138,7 +155,14 @@ QUICK = Budget(
             polish_steps=30,
             averaging_steps=40,
         ),
-        4: Recipe(steps=600, batch_size=4000, lr=0.05, warmup_steps=300, polish_steps=30),
+        4: Recipe(
+            steps=600,
+            batch_size=4000,
+            lr=0.05,
+            warmup_steps=300,
+            polish_steps=40,
+            averaging_steps=40,
+        ),
     },
     n_sweep=Recipe(steps=600, batch_size=4000, lr=0.05, warmup_steps=100, polish_steps=30),
     layers=(1, 2, 3, 4),
@@ -147,20 +171,51 @@ QUICK = Budget(
     tune_size=4000,
     theory_samples=200_000,
 )
+# FULL has not been run end to end yet: the same recipe as QUICK with five seeds, 40000-prompt
+# polishing batches and more averaging (so more prompts behind every fitted weight).
 FULL = Budget(
     seeds=5,
     one_layer=Recipe(steps=1500, batch_size=10000, lr=0.01, warmup_steps=50),
-    identity=Recipe(steps=3000, batch_size=6000, lr=0.05),
+    identity=Recipe(
+        steps=1000,
+        batch_size=6000,
+        lr=0.05,
+        polish_steps=30,
+        polish_batch=40000,
+        averaging_steps=60,
+    ),
     sweep={
         1: Recipe(steps=1000, batch_size=6000, lr=0.1, warmup_steps=50),
         2: Recipe(steps=2000, batch_size=6000, lr=0.1, warmup_steps=200),
-        # rotated Σ, L ≥ 3: lr 0.1 spiked in the quick run, 0.05 with a long warm-up did not
-        3: Recipe(steps=3000, batch_size=6000, lr=0.05, warmup_steps=300),
-        4: Recipe(steps=3000, batch_size=6000, lr=0.05, warmup_steps=300),
+        3: Recipe(
+            steps=1000,
+            batch_size=6000,
+            lr=0.05,
+            warmup_steps=100,
+            polish_steps=30,
+            polish_batch=40000,
+            averaging_steps=60,
+        ),
+        4: Recipe(
+            steps=1000,
+            batch_size=6000,
+            lr=0.05,
+            warmup_steps=300,
+            polish_steps=40,
+            polish_batch=40000,
+            averaging_steps=60,
+        ),
     },
-    n_sweep=Recipe(steps=2500, batch_size=6000, lr=0.05, warmup_steps=300),
+    n_sweep=Recipe(
+        steps=1000,
+        batch_size=6000,
+        lr=0.05,
+        warmup_steps=100,
+        polish_steps=30,
+        polish_batch=40000,
+    ),
     layers=(1, 2, 3, 4),
-    ns=(6, 10, 20),
+    ns=(10, 14, 20),
     test_size=20000,
     tune_size=10000,
     theory_samples=400_000,
