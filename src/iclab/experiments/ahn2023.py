@@ -68,7 +68,10 @@ TOL_ONE_LAYER = 0.02  # one layer: loss within 2% of f*, A within 0.05 of A* (re
 TOL_A = 0.05
 TOL_IDENTITY = 0.05  # distance to identity ‖M − (tr M/d)I‖_F/‖M‖_F of a trained matrix
 TOL_SCALARS = 0.05  # largest relative deviation of a trained scalar from its critical point
-SANDWICH_PROMPTS = 20000  # fresh prompts to measure the weights' sampling covariance
+# fresh prompts to measure the weights' sampling covariance: V = E[r²JJᵀ] is dominated by rare
+# prompts, and on 20000 its estimate moved by 2× between draws (distance terms 0.019–0.060 on
+# one run for 20k/100k/200k prompts); 200000 is the most the quick budget affords (~14 s a run)
+SANDWICH_PROMPTS = 200_000
 K_SE = 3.0
 
 
@@ -121,21 +124,18 @@ class Budget:
 # heading for the best point of the class (6.69e-4). The paper's authors ran L-BFGS on one
 # fixed batch as their second recipe, for the same reason.
 #
-# Quick report with this budget (2026-11-30, measured with other jobs on the cores): 12 pass,
-# 6 fail. Fixed: the rotated L = 3 seeds reach the best point of the class (scalars within
-# 1.4%, test loss within its SE), L = 3 and L = 2 loss rows pass. Still failing, for the next
-# session:
-# - Σ = I, L = 3: every seed lands at the paper's local minimum (0.716, 2.64, 7.14; loss
-#   1.30e-3) but with all a_ℓ ≈ 5% high (0.757, 2.765, 7.41), the same in every seed: a bias of
-#   the finite-sample fit, not noise (the critical point moves by < 1% between Monte Carlo
-#   samples of 200k and 1M eigenvalue draws). TOL_SCALARS (5%) has no measured basis yet.
-# - rotated L = 3: distance to identity 0.060–0.068 after 30 LM + 40 averaging steps on 20000
-#   prompts (0.12 at the optimum of one 40000-prompt batch); the sandwich term (0.014–0.029)
-#   under-states the heavy-tailed sampling error; seed 1 misses its bound by 0.004.
-# - L = 4: 40 LM + 40 averaging steps reach 5e-6–1.8e-5 (600 Shampoo steps alone: ~2e-4);
-#   the best class loss is 1.4e-6.
+# Quick report with this budget (2026-11-30, 757 s on 2 cores: over the 10-minute target):
+# 15 pass, 1 refuted, 2 fail. The rotated L = 3 seeds reach the best point of the class
+# (scalars within 1.4%); Σ = I after 1800 Shampoo steps reaches the local minimum
+# (0.381, 3.23, 8.57 / 0.905, 0.352; loss 7.2e-4) within 1.3% — after only 600 steps it lands
+# at the paper's local minimum (0.716, 2.64, 7.14) but every a_ℓ ends ≈ 5% high (0.757, 2.765,
+# 7.41; 3.8–5.1% after 8 LM iterations on 80000 prompts): a finite-sample bias of the fit under
+# heavy tails, since the critical point moves < 1% between 200k and 1M eigenvalue draws.
+# Distances to identity (0.060–0.071) sit just inside their bounds. Still failing:
+# - L = 4: 40 LM + 40 averaging steps reach 5e-6–1.8e-5 (600 Shampoo steps alone: ~2e-4); the
+#   best class loss is 1.4e-6 and seed 0 misses its bound by 7%.
 # - n = 14: the optimum of one 20000-prompt batch over-fits (one seed's test loss ~1) and
-#   averaging steps on fresh batches make it worse (two seeds ~0.5): at n = 14 the per-prompt
+#   averaging steps on fresh batches made it worse (two seeds ~0.5): at n = 14 the per-prompt
 #   loss is far more heavy-tailed than at n = 20.
 #
 # Shampoo (two-sided preconditioning) with per-matrix clipping, a linear warm-up and a cosine
@@ -143,7 +143,7 @@ class Budget:
 QUICK = Budget(
     seeds=3,
     one_layer=Recipe(steps=800, batch_size=10000, lr=0.01, warmup_steps=50),
-    identity=Recipe(steps=600, batch_size=4000, lr=0.05, polish_steps=30, averaging_steps=40),
+    identity=Recipe(steps=1800, batch_size=4000, lr=0.05, polish_steps=30, averaging_steps=20),
     sweep={
         1: Recipe(steps=600, batch_size=4000, lr=0.1, warmup_steps=50),
         2: Recipe(steps=1200, batch_size=4000, lr=0.1, warmup_steps=200),
@@ -308,7 +308,10 @@ def _distance_from_sampling(res: TrainResult, reached: _Reached, draws: int = 40
     """
     polish = res.config.train.polish
     E = res.model.ensemble_size
-    if polish.steps == 0 or res.config.model.parametrization != "pgd":
+    at_point = [
+        p is not None and dev <= TOL_SCALARS for p, dev in zip(reached.points, reached.deviation)
+    ]
+    if polish.steps == 0 or res.config.model.parametrization != "pgd" or not any(at_point):
         return [0.0] * E
     n_train = polish.batch_size * (1 + polish.averaging_steps)
     batch = res.task.sample(SANDWICH_PROMPTS, "sandwich", 0)
@@ -322,8 +325,8 @@ def _distance_from_sampling(res: TrainResult, reached: _Reached, draws: int = 40
     inv = torch.linalg.inv(cov)
     eye = torch.eye(d, dtype=torch.float64)
     out = []
-    for e, (p, dev) in enumerate(zip(reached.points, reached.deviation)):
-        if p is None or dev > TOL_SCALARS:
+    for e, p in enumerate(reached.points):
+        if p is None or not at_point[e]:
             out.append(0.0)
             continue
         a_mat = p.a[:, None, None] * inv[e]  # (L, d, d): the critical point, a_ℓ Σ⁻¹
@@ -763,7 +766,7 @@ def _distance_row(
         paper=paper,
         note="‖M − (tr M/d)I‖_F/‖M‖_F, worst of the 5 matrices per seed (B_L never reaches the "
         "prediction). The sampling term is measured: the sandwich covariance H⁺VH⁺/N of the "
-        "weights fitted on N prompts (H Gauss–Newton, V = E[r²JJᵀ], both on 20000 fresh prompts) "
+        "weights fitted on N prompts (H Gauss–Newton, V = E[r²JJᵀ], both on 200000 fresh prompts) "
         "put on the exact critical point; 0 for a seed not at a critical point. A N(0, 1e-4²) "
         "init is at ≈ 0.9",
     )
