@@ -481,3 +481,30 @@ def test_run_killed_while_polishing_resumes_to_identical_metrics(tmp_path, kill_
     torch.testing.assert_close(resumed.model.A, full.model.A, rtol=0, atol=0)
     _, meta = load_tensors(tmp_path / "killed" / "model.safetensors")
     assert meta["step"] == 28
+
+
+def test_a_non_finite_gauss_newton_system_stops_the_run_with_the_last_good_checkpoint(
+    tmp_path, monkeypatch
+):
+    """An overflowing Jacobian must not leave Levenberg–Marquardt retrying without progress."""
+    from iclab.models.lsa import LinearSelfAttention
+
+    real = LinearSelfAttention.prediction_jacobian
+    calls = {"n": 0}
+
+    def overflowing(self, state, chunk=8192):
+        calls["n"] += 1
+        J = real(self, state, chunk)
+        if calls["n"] == 3:
+            J[0, 0, 0] = float("inf")
+        return J
+
+    monkeypatch.setattr(LinearSelfAttention, "prediction_jacobian", overflowing)
+    with pytest.raises(
+        TrainingDiverged, match=r"step 23.*Gauss–Newton system is not finite.*step 22"
+    ):
+        train(polish_config(), tmp_path / "run", progress=False)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["status"] == "diverged"
+    _, meta = load_tensors(tmp_path / "run" / "checkpoint.safetensors")
+    assert meta["step"] == 22
