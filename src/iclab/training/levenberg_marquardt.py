@@ -51,14 +51,11 @@ def _gauss_newton(
         H = J.transpose(1, 2) @ J / B
         g = (J.transpose(1, 2) @ r.unsqueeze(-1)).squeeze(-1) / B
         scale = H.diagonal(dim1=1, dim2=2).mean(-1).clamp(min=torch.finfo(H.dtype).tiny)
-        if not (torch.isfinite(H).all() and torch.isfinite(g).all()):
+        finite = H.isfinite().flatten(1).all(1) & g.isfinite().all(1)  # (E,)
+        if not bool(finite.all()):
             # e.g. a float32 overflow on one extreme prompt: the system cannot be solved, and
             # retrying with more damping would silently make no progress
-            bad = [
-                e
-                for e in range(H.shape[0])
-                if not (H[e].isfinite().all() and g[e].isfinite().all())
-            ]
+            bad = (~finite).nonzero().flatten().tolist()
             raise FloatingPointError(
                 f"the Gauss–Newton system is not finite for ensemble member(s) {bad} "
                 "(a prompt's prediction or gradient overflowed)"

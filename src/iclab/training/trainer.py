@@ -155,7 +155,7 @@ def train(
     polish = tcfg.polish
     # first-order steps, Levenberg–Marquardt on one fixed batch, Gauss–Newton averaging steps
     total = tcfg.steps + polish.steps + polish.averaging_steps
-    damping = torch.full((config.n_seeds,), tcfg.polish.damping, dtype=torch.float64)
+    damping = torch.full((config.n_seeds,), polish.damping, dtype=torch.float64)
     metrics: list[dict[str, Any]] = []
     start = 0
     if run_dir is not None and resume and (run_dir / io.CHECKPOINT).exists():
@@ -234,7 +234,6 @@ def train(
         tensors.update(ot)
         if polish.steps + polish.averaging_steps > 0:
             tensors["polish.damping"] = damping
-
         meta = {"step": step, "optimizer": ometa, "config": config.to_dict()}
         io.save_tensors(run_dir / io.CHECKPOINT, tensors, meta)
         io.write_metrics(run_dir / io.METRICS, metrics)
@@ -330,7 +329,7 @@ def train(
             step - tcfg.steps
         )  # Levenberg–Marquardt on batch 0, then averaging on batch k − steps + 1
         fresh = k >= polish.steps
-        if state is None or fresh or step == max(start, tcfg.steps):
+        if fresh or step == max(start, tcfg.steps):
             batch = task.sample(polish.batch_size, "polish", k - polish.steps + 1 if fresh else 0)
             with torch.no_grad():
                 state = model.prepare(batch)
