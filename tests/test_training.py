@@ -508,3 +508,31 @@ def test_a_non_finite_gauss_newton_system_stops_the_run_with_the_last_good_check
     assert info["status"] == "diverged"
     _, meta = load_tensors(tmp_path / "run" / "checkpoint.safetensors")
     assert meta["step"] == 22
+
+
+def test_damped_gauss_newton_solve_on_an_L4_sized_batch_of_systems():
+    """(3, 200, 200) float64 systems — an L = 4 PGD model, three seeds — on 2 threads: batched
+    LU (``torch.linalg.solve``) raised oneMKL DLASWP errors and hung on exactly this; the
+    Cholesky solve must return each member's own solution."""
+    from iclab.training.levenberg_marquardt import _solve
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        J = torch.randn(3, 1000, 200, generator=gen, dtype=torch.float64)
+        J[..., 175:] = 0.0  # a last layer's covariate map never reaches the prediction
+        H = J.transpose(1, 2) @ J / 1000
+        g = torch.randn(3, 200, generator=gen, dtype=torch.float64)
+        lam = torch.tensor([1e-3, 1e-1, 1.0], dtype=torch.float64)
+        scale = H.diagonal(dim1=1, dim2=2).mean(-1)
+        step = _solve(H, g, lam, scale)
+        for e in range(3):
+            system = H[e] + lam[e] * scale[e] * torch.eye(200, dtype=torch.float64)
+            assert torch.allclose(system @ step[e], g[e], atol=1e-9)
+        broken = H.clone()
+        broken[1, 0, 0] = -1e6  # not positive definite: that member's step is NaN, not garbage
+        bad = _solve(broken, g, lam, scale)
+        assert bad[1].isnan().all() and bad[0].isfinite().all() and bad[2].isfinite().all()
+    finally:
+        torch.set_num_threads(threads)
