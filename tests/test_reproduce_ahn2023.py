@@ -5,10 +5,11 @@ import dataclasses
 import json
 
 import pytest
+import torch
 from report_contract import ROW_KEYS
 
 from iclab.cli import main
-from iclab.experiments.ahn2023 import EXPERIMENT, QUICK, Budget, Recipe
+from iclab.experiments.ahn2023 import EXPERIMENT, FULL, QUICK, Budget, Recipe
 from iclab.experiments.experiment import run_experiment
 
 # Untrained (0 steps: the run folders hold the initialization), tiny sizes.
@@ -69,9 +70,11 @@ def test_budgets_declare_typed_runs():
     runs = EXPERIMENT.runs(QUICK, "cpu")
     names = [r.name for r in runs]
     assert len(names) == len(set(names))
-    assert {"one_layer_identity", "identity_L3", "rotated_L3", "rotated_L4"} <= set(names)
-    deep = {r.name: r.config for r in runs}["rotated_L4"]
-    assert deep.model.layers == 4 and deep.train.lr == QUICK.sweep[4].lr
+    assert {"one_layer_identity", "identity_L3", "rotated_L3", "rotated_L2"} <= set(names)
+    full = {r.name: r.config for r in EXPERIMENT.runs(FULL, "cpu")}
+    deep = full["rotated_L4"]
+    assert deep.model.layers == 4 and deep.train.lr == FULL.sweep[4].lr
+    assert {"rotated_L3_n10", "rotated_L3_n14"} <= set(full)
     rotated = {r.name: r.config for r in runs}["rotated_L3"]
     polish = rotated.train.polish
     assert polish.steps == QUICK.sweep[3].polish_steps > 0
@@ -151,3 +154,42 @@ def test_distance_row_adds_sampling_noise_only_at_a_critical_point():
         "distance", ahn2023._worst_distance_to_identity(res), [0.0, 0.0], paper="p"
     )
     assert row.verdict == "fail"
+
+
+def test_loss_rows_compare_with_the_theory_weights_on_the_same_prompts():
+    """The reference loss is the theory weights' loss on the run's own test prompts: loading a
+    model's own matrices gives back its test loss exactly. A model at the theory point passes;
+    one whose A_3 is 10% off fails, although with heavy-tailed prompts its own SE is large."""
+    from iclab.experiments import ahn2023
+    from iclab.experiments.experiment import configure
+    from iclab.theory import best_pgd_scalars, pgd_class_matrices, wishart_eigenvalues
+    from iclab.training import train
+
+    cfg = configure(
+        "ahn2023_rotated_L3",
+        {"device": "cpu", "n_seeds": 2, "train.steps": 0, "train.test_size": 4000,
+         "train.compile": False},
+    )  # fmt: skip
+    res = train(cfg, None, progress=False)
+    A, B, _ = ahn2023._pgd_matrices(res)
+    own = ahn2023._reference(res, A, B)
+    ev = ahn2023._evaluate(res)
+    assert own.loss == pytest.approx(ev.loss, rel=1e-5)
+
+    best = best_pgd_scalars(3, 5, 20, eigenvalues=wishart_eigenvalues(5, 20, 20_000))
+    cov = res.task.covariance.double()
+    A_best, B_best = (torch.stack(m) for m in zip(*(pgd_class_matrices(best, c) for c in cov)))
+    with torch.no_grad():
+        res.model.set_pgd(A_best[:, :, None].float(), B_best[:, :, None].float())
+    ref = ahn2023._reference(res, A_best, B_best)
+    at_point = ahn2023._evaluate(res)
+    kw = dict(theory=best.loss, paper="p", note="n")
+    row = ahn2023._loss_row("q", at_point, ref, [best.loss] * 2, **kw)
+    assert row.verdict == "pass", row.threshold
+    A_off = A_best.clone()
+    A_off[:, 2] *= 1.1
+    with torch.no_grad():
+        res.model.set_pgd(A_off[:, :, None].float(), B_best[:, :, None].float())
+    off = ahn2023._evaluate(res)
+    assert min(off.loss) > 2 * best.loss
+    assert ahn2023._loss_row("q", off, ref, [best.loss] * 2, **kw).verdict == "fail"

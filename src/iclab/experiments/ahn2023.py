@@ -19,10 +19,13 @@ run folders:
    L-step Σ⁻¹-preconditioned GD and OLS in the figure).
 4. ``rotated_L3_n{n}`` — loss vs context size n, likewise.
 
-Thresholds (stated in every row): a test loss is compared *per seed* with its theory value
-within 3 standard errors (the seed's test-prompt SE, measured from per-prompt losses, combined
-with the Monte-Carlo SE of the theory value) plus an optimization tolerance ``TOL_*`` below; the
-seed spread is never a tolerance (a diverged seed would widen it enough to pass anything).
+Thresholds (stated in every row): a test loss is compared *per seed* with the loss of its
+theory weights (``A*``, or the PGD-class point ``A_ℓ = a_ℓ Σ⁻¹, B_ℓ = b_ℓ I``) on the *same* test
+prompts, within 3 standard errors of that reference (its test-prompt SE: the spread the loss
+would have at the theory point) plus an optimization tolerance ``TOL_*`` below. The prompts'
+losses are heavy-tailed (a few prompts with a large eigenvalue of XᵀX/n carry much of the
+mean), so neither the seed spread nor a seed's own SE is a tolerance: a diverged seed, or a
+seed whose predictions explode on a few prompts, would widen either enough to pass anything.
 Quantities computed exactly from the weights (distance to identity, error of A, deviation of
 the scalars from a critical point) carry no sampling error: every seed must be within its
 optimization tolerance. An untrained model fails every claim row (tested).
@@ -33,6 +36,7 @@ longer runs, more n) is sized for ≤ 60 min from the quick run's measured step 
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -52,6 +56,7 @@ from iclab.theory import (
     critical_point_near,
     one_layer_second_moment,
     optimal_one_layer_loss,
+    pgd_class_matrices,
     pgd_critical_points,
     preconditioner_optimum,
     project_to_class,
@@ -124,19 +129,28 @@ class Budget:
 # heading for the best point of the class (6.69e-4). The paper's authors ran L-BFGS on one
 # fixed batch as their second recipe, for the same reason.
 #
-# Quick report with this budget (2026-11-30, 757 s on 2 cores: over the 10-minute target):
-# 15 pass, 1 refuted, 2 fail. The rotated L = 3 seeds reach the best point of the class
-# (scalars within 1.4%); Σ = I after 1800 Shampoo steps reaches the local minimum
+# Quick report with this budget (2026-11-30, 757 s on 2 cores: over the 10-minute target, with
+# L = 4 and n = 14 in it): the rotated L = 3 seeds reach the best point of the class (scalars
+# within 1.4%); Σ = I after 1800 Shampoo steps reaches the local minimum
 # (0.381, 3.23, 8.57 / 0.905, 0.352; loss 7.2e-4) within 1.3% — after only 600 steps it lands
 # at the paper's local minimum (0.716, 2.64, 7.14) but every a_ℓ ends ≈ 5% high (0.757, 2.765,
 # 7.41; 3.8–5.1% after 8 LM iterations on 80000 prompts): a finite-sample bias of the fit under
 # heavy tails, since the critical point moves < 1% between 200k and 1M eigenvalue draws.
-# Distances to identity (0.060–0.071) sit just inside their bounds. Still failing:
-# - L = 4: 40 LM + 40 averaging steps reach 5e-6–1.8e-5 (600 Shampoo steps alone: ~2e-4); the
-#   best class loss is 1.4e-6 and seed 0 misses its bound by 7%.
-# - n = 14: the optimum of one 20000-prompt batch over-fits (one seed's test loss ~1) and
-#   averaging steps on fresh batches made it worse (two seeds ~0.5): at n = 14 the per-prompt
-#   loss is far more heavy-tailed than at n = 20.
+# Distances to identity (0.060–0.071) sit just inside their bounds.
+#
+# L = 4 and n < 20 (at L = 3) are left to FULL: measured, no recipe in a quick budget trains
+# them to the class optimum, because the fit on a finite batch over-fits the rare prompts that
+# carry the loss (test losses against the best class point's on the same prompts):
+# - L = 4 (best class loss 1.4e-6; that point scores 0.66–1.36e-6 on the test prompts): 40 LM
+#   iterations on 20000 prompts + 40 averaging steps end at 1.6e-5, 5.1e-6, 1.8e-5 (181 s);
+#   30 LM iterations on 60000 prompts at 1.3e-4, 2.5e-4, 7.9e-6 (float32, 224 s) or 1.3e-5,
+#   2.0e-6, 5.4e-4 (float64): seeds stall or over-fit. The sandwich estimate of the sampling
+#   excess, tr(H⁺V)/N at the best point, is 2–9e-8 at N = 820k: ≥ 100× below what is seen, so
+#   the excess is the fit's non-linearity in the heavy tail, not its asymptotic noise.
+# - n = 14 (best class loss 5.8e-3): LM on 20000 prompts ends at 0.069, 0.0041, 1.02; on 60000
+#   prompts at 0.0091, 0.0041, 0.0070 against the best point's 0.0049, 0.0057, 0.0053 on the
+#   same prompts, while the fitted batch's own loss (0.0035–0.0038) is below the population
+#   optimum: the batch lacks the rare prompts the test set has.
 #
 # Shampoo (two-sided preconditioning) with per-matrix clipping, a linear warm-up and a cosine
 # decay to 1% of the learning rate, then Levenberg–Marquardt (``Recipe.polish_steps``).
@@ -155,29 +169,23 @@ QUICK = Budget(
             polish_steps=30,
             averaging_steps=40,
         ),
-        4: Recipe(
-            steps=600,
-            batch_size=4000,
-            lr=0.05,
-            warmup_steps=300,
-            polish_steps=40,
-            averaging_steps=40,
-        ),
     },
     n_sweep=Recipe(steps=600, batch_size=4000, lr=0.05, warmup_steps=100, polish_steps=30),
-    layers=(1, 2, 3, 4),
-    ns=(14, 20),
+    layers=(1, 2, 3),
+    ns=(20,),
     test_size=10000,
     tune_size=4000,
     theory_samples=200_000,
 )
-# FULL has not been run end to end yet: the same recipe as QUICK with five seeds, 40000-prompt
-# polishing batches and more averaging (so more prompts behind every fitted weight).
+# FULL: the same recipes as QUICK with five seeds, 40000-prompt polishing batches and more
+# averaging (so more prompts behind every fitted weight), plus L = 4 and n ∈ {10, 14}. Σ = I
+# keeps QUICK's 1800 Shampoo steps: after 600 the seeds sit at the paper's local minimum with
+# every a_ℓ ≈ 5% high (see above).
 FULL = Budget(
     seeds=5,
     one_layer=Recipe(steps=1500, batch_size=10000, lr=0.01, warmup_steps=50),
     identity=Recipe(
-        steps=1000,
+        steps=1800,
         batch_size=6000,
         lr=0.05,
         polish_steps=30,
@@ -268,9 +276,49 @@ def _evaluate(res: TrainResult) -> _Eval:
     batch = res.task.sample(res.config.train.test_size, "test", 0)
     with torch.no_grad():
         pred = res.model.predict_prepared(res.model.prepare(batch))
-    err = (pred.double() - batch.y_query.double()).pow(2)  # (E, B)
+    return _summarize(pred.double() - batch.y_query.double())
+
+
+def _summarize(residual: torch.Tensor) -> _Eval:
+    err = residual.pow(2)  # (E, B)
     m = err.shape[-1]
     return _Eval(err.mean(-1).tolist(), (err.std(-1) / math.sqrt(m)).tolist())
+
+
+def _reference(res: TrainResult, A: torch.Tensor, B: torch.Tensor | None = None) -> _Eval:
+    """The test loss of theory weights ``A``, ``B`` (E, L, d, d) loaded into a float64 copy of
+    the run's model, on the run's own test prompts (the same ones :func:`_evaluate` uses).
+
+    It is the reference a trained loss is compared with: the comparison is paired (the luck of
+    the test draw cancels), and the reference's test-prompt SE is the spread the test loss would
+    have if the model sat at the theory point — a tolerance a broken model cannot widen (with
+    heavy-tailed prompts a seed's own SE grows with its own outliers, enough to pass anything).
+    NaN matrices (a seed at no critical point) give a NaN loss: the comparison fails."""
+    model = copy.deepcopy(res.model).to(torch.float64)
+    batch = res.task.sample(res.config.train.test_size, "test", 0).to(torch.float64)
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        model.set_pgd(A[:, :, None].to(dev), None if B is None else B[:, :, None].to(dev))
+        pred = model.predict_prepared(model.prepare(batch))
+    return _summarize(pred - batch.y_query)
+
+
+def _point_matrices(
+    points: list[tuple[torch.Tensor, torch.Tensor] | None], cov: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per seed ``A_ℓ = a_ℓ Σ⁻¹``, ``B_ℓ = b_ℓ I`` (E, L, d, d) of scalars (a, b); NaN for None."""
+    L = next(len(p[0]) for p in points if p is not None) if any(points) else 1
+    A, B = [], []
+    for e, p in enumerate(points):
+        if p is None:
+            nan = torch.full((L, cov.shape[-1], cov.shape[-1]), float("nan"), dtype=torch.float64)
+            A.append(nan)
+            B.append(nan)
+            continue
+        a_mat, b_mat = pgd_class_matrices(p, cov[e])
+        A.append(a_mat)
+        B.append(b_mat)
+    return torch.stack(A), torch.stack(B)
 
 
 def _pgd_matrices(res: TrainResult) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -427,6 +475,12 @@ class Ahn2023(Experiment[Budget]):
             self._noise[key] = _distance_from_sampling(res, reached)
         return self._noise[key]
 
+    def _at_points(
+        self, res: TrainResult, points: list[tuple[torch.Tensor, torch.Tensor] | None]
+    ) -> _Eval:
+        """:func:`_reference` of per-seed PGD-class scalars (a, b) in the run's Σ."""
+        return _reference(res, *_point_matrices(points, res.task.covariance.double().cpu()))
+
     def _reached(self, res: TrainResult) -> _Reached:
         A, B, cov = _pgd_matrices(res)
         a, b = project_to_class(A, B, cov)
@@ -455,8 +509,8 @@ class Ahn2023(Experiment[Budget]):
                 _loss_row(
                     f"1-layer test loss, Σ={cov} (theory: f*)",
                     ev,
+                    _reference(res, a_star.double()[:, None]),
                     [f_star] * len(ev.loss),
-                    [0.0] * len(ev.loss),
                     theory=f_star,
                     paper=1.1538 if cov == "identity" else "f* of Theorem 1 (no number)",
                     note="full LSA; f* = d(d+1)/(n+d+1) at Σ = I (exact)",
@@ -587,7 +641,6 @@ class Ahn2023(Experiment[Budget]):
     ) -> ReportRow:
         """Test loss against the loss of the critical point each seed reached."""
         cp = [float("nan") if p is None else p.loss for p in reached.points]
-        cp_se = [float("nan") if p is None else p.standard_error for p in reached.points]
         target = sum(cp) / len(cp)
         paper = (
             "critical point with loss ≈ 1.25e-3; code's final losses 2.8e-3, 1.3e-3, 1.1e-3"
@@ -597,8 +650,8 @@ class Ahn2023(Experiment[Budget]):
         return _loss_row(
             f"3-layer test loss, Σ={cov} (theory: loss of the critical point reached)",
             ev,
+            self._at_points(res, [None if p is None else (p.a, p.b) for p in reached.points]),
             cp,
-            cp_se,
             theory=target if math.isfinite(target) else None,
             paper=paper,
             note=f"best loss of the class {best.loss:.4g}; per-seed critical-point losses "
@@ -618,11 +671,13 @@ class Ahn2023(Experiment[Budget]):
         if any(d > t for d, t in zip(_worst_distance_to_identity(res), tolerance)):
             return None
         parts = []
+        points = [None if p is None else (p.a, p.b) for p in reached.points]
+        ref = self._at_points(res, points)
         for e, (p, dev) in enumerate(zip(reached.points, reached.deviation)):
             if p is None or dev > TOL_SCALARS or _same_point(p, best) or p.index > 0:
                 return None  # not at a critical point, at the best one, or at a saddle
-            tol = K_SE * math.hypot(ev.se[e], p.standard_error) + TOL_LOSS * p.loss
-            if abs(ev.loss[e] - p.loss) > tol:
+            tol = K_SE * ref.se[e] + TOL_LOSS * p.loss
+            if abs(ev.loss[e] - ref.loss[e]) > tol:
                 return None
             parts.append(f"seed {e}: test loss {ev.loss[e]:.3g} at {p.describe()}")
         return (
@@ -639,18 +694,18 @@ class Ahn2023(Experiment[Budget]):
         best = self._best(L, n)
         quantity = f"{label}, trained LSA (theory: best PGD-class loss)"
         k = len(ev.loss)
-        targets, target_se = [best.loss] * k, [best.standard_error] * k
+        targets, ref = [best.loss] * k, self._at_points(res, [(best.a, best.b)] * k)
         paper = "tracks L-step preconditioned GD, beats plain GD (figure)"
         if label.startswith("Σ=identity"):
             paper = "code: loss ≈ 1.25e-3 at a critical point that is not the class's best"
         base = self._base_notes.get((L, n), "")
         note = f"{base}best class a = ({_fmt(best.a)}), b = ({_fmt(best.b[:-1])})"
-        row = _loss_row(quantity, ev, targets, target_se, theory=best.loss, paper=paper, note=note)
+        row = _loss_row(quantity, ev, ref, targets, theory=best.loss, paper=paper, note=note)
         if row.verdict == "fail" and L >= 2:
             evidence = self._stuck_evidence(res, ev, best, reached)
             if evidence:
                 row = _loss_row(
-                    quantity, ev, targets, target_se, theory=best.loss, paper=paper, note=note,
+                    quantity, ev, ref, targets, theory=best.loss, paper=paper, note=note,
                     evidence=evidence,
                 )  # fmt: skip
         return row
@@ -696,8 +751,8 @@ class Ahn2023(Experiment[Budget]):
 def _loss_row(
     quantity: str,
     ev: _Eval,
+    ref: _Eval,
     targets: list[float],
-    target_se: list[float],
     *,
     theory: float | None,
     paper: str,
@@ -705,13 +760,15 @@ def _loss_row(
     evidence: str | None = None,
     rel: float = TOL_LOSS,
 ) -> ReportRow:
-    """Every seed's test loss within ``3·SE + rel·target`` of its own target, SE being its
-    test-prompt standard error combined with the theory value's Monte-Carlo error. The seed
-    spread is not used as a tolerance: one diverged seed would widen it enough to pass."""
+    """Every seed's test loss against its reference — its theory point's weights on the same
+    test prompts (:func:`_reference`) — within ``3·SE_ref + rel·target``: SE_ref is the
+    reference's test-prompt SE, ``target`` the point's population loss (``rel`` is the
+    optimization tolerance). Neither the seed spread nor the seed's own SE is a tolerance: a
+    diverged seed, or one with a few exploding prompts, would widen either enough to pass."""
     ok, worst = True, (-1.0, 0, float("nan"), float("nan"))
-    for e, (x, s, t, ts) in enumerate(zip(ev.loss, ev.se, targets, target_se)):
-        tol = K_SE * math.hypot(s, ts) + rel * abs(t)
-        gap = abs(x - t)
+    for e, (x, r, s, t) in enumerate(zip(ev.loss, ref.loss, ref.se, targets)):
+        tol = K_SE * s + rel * abs(t)
+        gap = abs(x - r)
         good = math.isfinite(gap) and math.isfinite(tol) and gap <= tol
         ok = ok and good
         ratio = gap / tol if good or (math.isfinite(gap) and tol > 0) else float("inf")
@@ -719,8 +776,12 @@ def _loss_row(
             worst = (ratio, e, gap, tol)
     _, e, gap, tol = worst
     threshold = (
-        f"every seed: |loss − target| ≤ {K_SE:g}·SE + {rel:g}·target (SE: test-prompt SE "
-        f"⊕ theory Monte-Carlo SE); worst seed {e}: |Δ| = {gap:.3g} vs {tol:.3g}"
+        f"every seed: |loss − reference| ≤ {K_SE:g}·SE_ref + {rel:g}·theory (reference: the "
+        "theory weights on the same test prompts; SE_ref: its test-prompt SE); worst seed "
+        f"{e}: |Δ| = {gap:.3g} vs {tol:.3g}"
+    )
+    note = f"{note}; reference losses on the test prompts " + ", ".join(
+        f"{r:.4g}" for r in ref.loss
     )
     return claim(
         quantity, ev.loss, ok, threshold, theory=theory, paper=paper, note=note, evidence=evidence
