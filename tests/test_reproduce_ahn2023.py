@@ -3,6 +3,7 @@ the CLI (reproduce, train, show, report)."""
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -193,3 +194,9 @@ def test_loss_rows_compare_with_the_theory_weights_on_the_same_prompts():
     off = ahn2023._evaluate(res)
     assert min(off.loss) > 2 * best.loss
     assert ahn2023._loss_row("q", off, ref, [best.loss] * 2, **kw).verdict == "fail"
+    # a seed at no critical point has no reference: NaN, and the row fails
+    A_none, B_none = ahn2023._point_matrices([None, (best.a, best.b)], cov.cpu(), 3)
+    assert A_none[0].isnan().all() and torch.equal(A_none[1], A_best[1].cpu())
+    missing = ahn2023._reference(res, A_none, B_none)
+    assert math.isnan(missing.loss[0]) and missing.loss[1] == pytest.approx(ref.loss[1])
+    assert ahn2023._loss_row("q", at_point, missing, [best.loss] * 2, **kw).verdict == "fail"

@@ -304,10 +304,9 @@ def _reference(res: TrainResult, A: torch.Tensor, B: torch.Tensor | None = None)
 
 
 def _point_matrices(
-    points: list[tuple[torch.Tensor, torch.Tensor] | None], cov: torch.Tensor
+    points: list[tuple[torch.Tensor, torch.Tensor] | None], cov: torch.Tensor, L: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per seed ``A_ℓ = a_ℓ Σ⁻¹``, ``B_ℓ = b_ℓ I`` (E, L, d, d) of scalars (a, b); NaN for None."""
-    L = next(len(p[0]) for p in points if p is not None) if any(points) else 1
     A, B = [], []
     for e, p in enumerate(points):
         if p is None:
@@ -479,7 +478,8 @@ class Ahn2023(Experiment[Budget]):
         self, res: TrainResult, points: list[tuple[torch.Tensor, torch.Tensor] | None]
     ) -> _Eval:
         """:func:`_reference` of per-seed PGD-class scalars (a, b) in the run's Σ."""
-        return _reference(res, *_point_matrices(points, res.task.covariance.double().cpu()))
+        cov = res.task.covariance.double().cpu()
+        return _reference(res, *_point_matrices(points, cov, res.config.model.layers))
 
     def _reached(self, res: TrainResult) -> _Reached:
         A, B, cov = _pgd_matrices(res)
