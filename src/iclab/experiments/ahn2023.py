@@ -30,8 +30,9 @@ Quantities computed exactly from the weights (distance to identity, error of A, 
 the scalars from a critical point) carry no sampling error: every seed must be within its
 optimization tolerance. An untrained model fails every claim row (tested).
 
-Budgets: ``quick`` ≈ 9–10 min on 2 CPU cores (3 seeds); ``full`` (5 seeds, bigger batches,
-longer runs, more n) is sized for ≤ 60 min from the quick run's measured step rates.
+Budgets (measured on 2 CPU cores, 2026-11-30): ``quick`` 383 s (3 seeds; L ≤ 3, n = 20);
+``full`` 2435 s (5 seeds, bigger polishing batches, and L = 4, n ∈ {10, 14}, which do not yet
+train to the class optimum: see the comments above the budgets).
 """
 
 from __future__ import annotations
