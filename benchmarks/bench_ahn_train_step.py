@@ -18,9 +18,10 @@ from timing import time_steps
 
 from iclab.config import make_config
 from iclab.device import resolve_device
+from iclab.models import mse_per_member
 from iclab.seeding import make_generator
 from iclab.training.optim import build_optimizer
-from iclab.training.trainer import build_model, build_task, mse_per_member
+from iclab.training.trainer import build_model, build_task
 
 
 def bench_iclab(seeds: int, compile_: bool, args, device) -> float:

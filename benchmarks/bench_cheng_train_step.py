@@ -32,10 +32,11 @@ from timing import time_steps
 
 from iclab.config import make_config
 from iclab.device import resolve_device
+from iclab.models import mse_per_member
 from iclab.models.kernel_attention import KernelAttention, KernelAttentionConfig
 from iclab.seeding import make_generator
 from iclab.training.optim import build_optimizer
-from iclab.training.trainer import build_model, build_task, mse_per_member
+from iclab.training.trainer import build_model, build_task
 
 SEEDS = (1, 3)
 CHECK_TOL = 1e-10

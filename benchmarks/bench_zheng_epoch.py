@@ -45,7 +45,7 @@ def _setup(cfg, m: int, device, dtype=torch.float32):
 def check(device) -> float:
     cfg = _config(50, 12, 3, 2, device, "float64")
     model, batch, _ = _setup(cfg, 50, device, torch.float64)
-    W_KQ, W_PV = model.effective_weights()
+    W_KQ, W_PV = model.projected_weights()
     fast = model.predict_all(batch.x)
     naive = naive_predict_all(W_KQ, W_PV, batch.x)
     return float((fast - naive).abs().max())
@@ -57,7 +57,7 @@ def bench(m: int, T: int, d: int, seeds: int, naive: bool, repeats: int, device)
     if naive:
 
         def epoch() -> None:
-            W_KQ, W_PV = model.effective_weights()
+            W_KQ, W_PV = model.projected_weights()
             y = naive_predict_all(W_KQ, W_PV, x)
             r = y[..., 1 : T - 1, :] - x[..., 2:, :]
             loss = 0.5 * r.abs().square().sum((-1, -2)).mean(-1)

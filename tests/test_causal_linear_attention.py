@@ -171,7 +171,7 @@ def test_restricted_modes_stay_in_their_subspace(mode, opt):
         torch.testing.assert_close(kq[:, d:, :d], a[:, None, None] * eye, atol=1e-14, rtol=0)
         torch.testing.assert_close(pv[:, :, :d], b[:, None, None] * eye, atol=1e-14, rtol=0)
     # raw parameters equal the effective ones used by the forward
-    ekq, epv = model.effective_weights()
+    ekq, epv = model.projected_weights()
     torch.testing.assert_close(ekq.detach(), kq)
     torch.testing.assert_close(epv.detach(), pv)
     # the unrestricted model with the same weights gives the same predictions
@@ -217,7 +217,7 @@ def test_off_diagonal_drift_measures_the_distance_from_the_mesa_form():
     d = 3
     model = CausalLinearAttention(d, CausalLinearAttentionConfig(a0=0.4, b0=-1.5), dtype=F64)
     assert model.off_diagonal_drift().abs().max() < 1e-15  # the diagonal init is the mesa form
-    W_KQ, W_PV = (w.detach().clone() for w in model.effective_weights())
+    W_KQ, W_PV = (w.detach().clone() for w in model.projected_weights())
     W_PV[0, 0, d + 1] = 0.3  # one off-diagonal entry
     W_KQ[0, 2 * d - 1, d - 1] = 0.1 + 0.4j  # spread of the diagonal around its mean counts too
     model.set_weights(W_KQ=W_KQ, W_PV=W_PV)

@@ -9,7 +9,6 @@ import pytest
 import torch
 from report_contract import ROW_KEYS
 
-from iclab.cli import main
 from iclab.experiments.ahn2023 import EXPERIMENT, FULL, QUICK, Budget, Recipe
 from iclab.experiments.experiment import run_experiment
 
@@ -83,51 +82,6 @@ def test_budgets_declare_typed_runs():
     assert polish.batch_size == QUICK.sweep[3].polish_batch
     small = dataclasses.replace(QUICK, layers=(2,), ns=(20,))
     assert "rotated_L2" in {r.name for r in EXPERIMENT.runs(small, "cpu")}
-
-
-def test_cli_rejects_unknown_experiment_and_bad_override(capsys, tmp_path):
-    import pytest
-
-    with pytest.raises(SystemExit):
-        main(["reproduce", "nope", "--out", str(tmp_path)])
-    assert main(["train", "ahn2023_rotated_L3", "--out", str(tmp_path), "--set", "task.n=0"]) == 2
-    err = capsys.readouterr().err
-    assert "task.n" in err and "greater than or equal to 1" in err
-    assert not (tmp_path / "metrics.jsonl").exists()
-
-
-def test_cli_train_show_presets_and_report(capsys, tmp_path):
-    assert main(["presets"]) == 0
-    assert "ahn2023_rotated_L3" in capsys.readouterr().out
-    assert main(["show", "ahn2023_one_layer_identity", "--set", "train.lr=0.5"]) == 0
-    assert "lr: 0.5" in capsys.readouterr().out
-    args = ["train", "ahn2023_one_layer_identity", "--out", str(tmp_path / "r"), "--quiet"]
-    args += [
-        "--set",
-        "train.steps=20",
-        "--set",
-        "train.batch_size=128",
-        "--set",
-        "train.test_size=128",
-    ]
-    assert main(args) == 0
-    assert main(["report", str(tmp_path / "r")]) == 0
-    assert (tmp_path / "r" / "figures" / "matrices.png").exists()
-
-
-def test_cli_trains_and_reports_a_kernel_attention_preset(tmp_path):
-    args = ["train", "cheng2024_exp_kernel", "--out", str(tmp_path / "k"), "--quiet"]
-    args += [
-        "--set",
-        "train.steps=10",
-        "--set",
-        "train.batch_size=64",
-        "--set",
-        "train.test_size=64",
-    ]
-    assert main(args) == 0
-    assert main(["report", str(tmp_path / "k")]) == 0
-    assert (tmp_path / "k" / "figures" / "loss.png").exists()
 
 
 def test_distance_row_adds_sampling_noise_only_at_a_critical_point():

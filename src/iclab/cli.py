@@ -22,6 +22,21 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_kinds(args: argparse.Namespace) -> int:
+    import iclab.config  # noqa: F401  (registers the built-in kinds)
+    from iclab import registry
+
+    print("task kinds (the batch each samples; the models that read it):")
+    for name, t in sorted(registry.TASKS.items()):
+        models = ", ".join(registry.compatible_models(name))
+        print(f"  {name:24s} {t.batch.__name__:22s} models: {models}")
+    print("model kinds (the batches each reads):")
+    for name, m in sorted(registry.MODELS.items()):
+        accepts = ", ".join(a.__name__ for a in m.accepts)
+        print(f"  {name:24s} {accepts}")
+    return 0
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     from iclab.config import dump_config, load_config
 
@@ -62,23 +77,31 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from iclab.analysis import figures
     from iclab.training.trainer import load_run
 
-    res = load_run(args.run_dir, device="cpu")
-    out = Path(args.run_dir) / "figures"
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"run_dir: {run_dir} is not a run folder (no config.yaml)")
+    res = load_run(run_dir, device="cpu")
+    out = run_dir / "figures"
     figures.loss_curves({res.config.name: res.metrics}, out / "loss.png")
     last = res.metrics[-1]
     print(f"run {res.config.name}: step {last['step']}, per-seed test loss {last['test_loss']}")
-    if not hasattr(res.model, "preconditioners"):  # effective A_ℓ/B_ℓ exist for LSA models only
-        print(f"figures written to {out}")
-        return 0
-    A = res.model.preconditioners().detach()[0, :, 0]
-    B = res.model.covariate_transforms().detach()[0, :, 0]
-    L = A.shape[0]
-    figures.matrix_heatmaps(
-        [*A, *B],
-        [f"A layer {i + 1}" for i in range(L)] + [f"B layer {i + 1}" for i in range(L)],
-        out / "matrices.png",
-        suptitle=f"{res.config.name} (seed {res.config.seed})",
-    )
+    # the effective weights of the first seed: every (…, r, c) matrix, one panel per layer/head
+    mats, titles = [], []
+    for name, w in res.model.effective_weights().items():
+        w = w[0].abs() if w.is_complex() else w[0]
+        if w.ndim < 2 or w.shape[-1] * w.shape[-2] < 4:
+            continue
+        flat = w.reshape(-1, *w.shape[-2:])
+        for i, m in enumerate(flat[:8]):
+            mats.append(m.float())
+            titles.append(f"{name} {i + 1}" if len(flat) > 1 else name)
+    if mats:
+        figures.matrix_heatmaps(
+            mats[:24],
+            titles[:24],
+            out / "matrices.png",
+            suptitle=f"{res.config.name}: effective weights (seed {res.config.seed})",
+        )
     print(f"figures written to {out}")
     return 0
 
@@ -111,6 +134,8 @@ def _cmd_theory(args: argparse.Namespace) -> int:
     torch.set_printoptions(precision=5, sci_mode=False)
     if args.what == "markov-one-layer":
         return _theory_markov_one_layer(args)
+    if args.what == "mesa":
+        return _theory_mesa(args)
     args.d = 5 if args.d is None else args.d
     if args.what == "functional-gd":
         return _theory_functional_gd(args)
@@ -223,6 +248,45 @@ def _theory_markov_one_layer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _theory_mesa(args: argparse.Namespace) -> int:
+    import math
+
+    from iclab.theory.mesa_optimizer import (
+        limit_ab,
+        predicted_mean_ratio,
+        recovers_sequence,
+        x1_moments,
+    )
+
+    d = 5 if args.d is None else args.d
+    if args.T < 3:
+        raise ValueError(f"--T: must be >= 3, got {args.T}")
+    law = args.x1
+    moments = x1_moments(
+        law,
+        d,
+        sigma=args.sigma if law == "gaussian" else None,
+        c=args.scale if law == "sparse" else None,
+    )
+    c_star = limit_ab(args.T, d, moments)
+    c_inf = limit_ab(math.inf, d, moments)
+    print(
+        f"linear dynamics x_(t+1) = W x_t, W diagonal unitary, x_1 {law}, d={d}, T={args.T}: "
+        f"κ2 = {moments.kappa2:.6g}, κ4 = {moments.kappa4:.6g}, κ6 = {moments.kappa6:.6g}, "
+        f"κ24 = {moments.kappa24:.6g}"
+    )
+    print(f"c* (minimizer of the population loss over ab) = {c_star:.6g}; T → ∞: {c_inf:.6g}")
+    print(
+        f"mean prediction/truth ratio at the last step ≈ c*·κ2 = {predicted_mean_ratio(c_star, moments):.6g}"
+    )
+    print(
+        "recovers the sequence: exactly at every T: "
+        f"{'yes' if recovers_sequence(moments) else 'no'}; as T → ∞: "
+        f"{'yes' if recovers_sequence(moments, asymptotic=True) else 'no'}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="iclab",
@@ -231,8 +295,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a Python module first, e.g. one that registers its own task or model kinds "
+        "(repeatable; a file path or a dotted module name)",
+    )
     s = sub.add_parser("presets", help="list the shipped YAML presets")
     s.set_defaults(func=_cmd_presets)
+
+    s = sub.add_parser(
+        "kinds",
+        help="list the registered task and model kinds and which pairs fit",
+        description="Every task kind with the batch type it samples and the model kinds that "
+        "read it; every model kind with the batch types it reads. Kinds registered by a module "
+        "given with --import are listed too.",
+    )
+    s.set_defaults(func=_cmd_kinds)
 
     setopt = dict(
         action="append",
@@ -288,21 +370,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "theory",
-        help="closed-form theory: Ahn et al. (2023), Cheng et al. (2024)",
+        help="closed-form theory of the four papers (Ahn, Cheng, Ding, Zheng et al.)",
         description="one-layer: A* and f* of Theorem 1. pgd-scalars / sparse-scalars: "
         "best a_ℓ (and b_ℓ) inside the class of Theorems 3–4 (Σ_w = Σ⁻¹). functional-gd: "
         "test loss of L-step functional GD per activation kernel (steps tuned on held-out "
         "prompts, float64) on GP prompts, with the Bayes (GP posterior mean) floor. "
         "markov-one-layer: Ding et al.'s convex optimum X* = H⁻¹h of one LSA layer on binary "
         "Markov chains (exact; d = 1 in closed form), whether an LSA realizes it, and the best "
-        "(b, A) found with a certificate when it does not.",
+        "(b, A) found with a certificate when it does not. mesa: Zheng et al.'s limit c* of "
+        "the trained ab, the predicted prediction/truth ratio and whether the x_1 law lets the "
+        "mesa-optimizer recover the sequence.",
     )
     s.add_argument(
         "what",
-        choices=["one-layer", "pgd-scalars", "sparse-scalars", "functional-gd", "markov-one-layer"],
+        choices=[
+            "one-layer",
+            "pgd-scalars",
+            "sparse-scalars",
+            "functional-gd",
+            "markov-one-layer",
+            "mesa",
+        ],
+        help="which quantity (see the description above)",
     )
     s.add_argument(
-        "--d", type=int, default=None, help="input dimension (default 5; markov-one-layer: 1)"
+        "--d",
+        type=int,
+        default=None,
+        help="input dimension (default 5; markov-one-layer: 1)",
     )
     s.add_argument(
         "--n",
@@ -337,6 +432,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompts", type=int, default=4000, help="functional-gd: tuning and test prompts"
     )
     s.add_argument("--p", type=float, default=0.5, help="markov-one-layer: P(s_1 = 1), in (0, 1)")
+    s.add_argument("--T", type=int, default=100, help="mesa: sequence length T (default 100)")
+    s.add_argument(
+        "--x1",
+        default="gaussian",
+        choices=["gaussian", "sparse", "ones"],
+        help="mesa: law of x_1 (default gaussian)",
+    )
+    s.add_argument("--sigma", type=float, default=1.0, help="mesa: σ of a Gaussian x_1 (default 1)")
+    s.add_argument("--scale", type=float, default=1.0, help="mesa: c of a sparse x_1 = ±c e_k")
     s.set_defaults(func=_cmd_theory)
     return p
 
@@ -345,10 +449,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        for module in args.imports:
+            _import_user_module(module)
         return int(args.func(args) or 0)
     except (ConfigError, ValueError) as err:
         print(f"iclab: error: {err}", file=sys.stderr)
         return 2
+
+
+def _import_user_module(spec: str) -> None:
+    """Import a dotted module name or a ``.py`` file (e.g. one registering its own kinds)."""
+    import importlib
+    import importlib.util
+
+    path = Path(spec)
+    if spec.endswith(".py"):
+        if not path.is_file():
+            raise ConfigError(f"--import: file {spec!r} does not exist")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
+        sys.modules[path.stem] = module
+        module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        return
+    try:
+        importlib.import_module(spec)
+    except ModuleNotFoundError as err:
+        raise ConfigError(f"--import: cannot import {spec!r} ({err})") from None
 
 
 if __name__ == "__main__":

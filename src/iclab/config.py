@@ -9,52 +9,58 @@ from __future__ import annotations
 
 import importlib.resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
-    Discriminator,
     Field,
-    Tag,
+    SerializeAsAny,
     ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+import iclab.models
+import iclab.tasks  # noqa: F401  (registers the built-in task kinds)
+from iclab import registry
 from iclab.models import LSAConfig
-from iclab.models.causal_linear_attention import CausalLinearAttentionConfig
-from iclab.models.kernel_attention import KernelAttentionConfig
-from iclab.models.softmax_transformer import SoftmaxTransformerConfig
 from iclab.tasks import LinearRegressionConfig
-from iclab.tasks.gaussian_process import GaussianProcessConfig
-from iclab.tasks.linear_dynamics import LinearDynamicsConfig
-from iclab.tasks.markov_chain import MarkovChainConfig
+
+DEFAULT_KIND = {"task": "linear_regression", "model": "lsa"}
 
 
-def _kind(default: str):
-    """Discriminator reading ``kind`` from a dict or a model, with a default for old configs."""
-
-    def kind_of(v: Any) -> str:
-        return v.get("kind", default) if isinstance(v, dict) else getattr(v, "kind", default)
-
-    return kind_of
-
-
-TaskConfig = Annotated[
-    Annotated[LinearRegressionConfig, Tag("linear_regression")]
-    | Annotated[GaussianProcessConfig, Tag("gaussian_process")]
-    | Annotated[MarkovChainConfig, Tag("markov_chain")]
-    | Annotated[LinearDynamicsConfig, Tag("linear_dynamics")],
-    Discriminator(_kind("linear_regression")),
-]
-ModelConfig = Annotated[
-    Annotated[LSAConfig, Tag("lsa")]
-    | Annotated[KernelAttentionConfig, Tag("kernel_attention")]
-    | Annotated[SoftmaxTransformerConfig, Tag("softmax_transformer")]
-    | Annotated[CausalLinearAttentionConfig, Tag("causal_linear_attention")],
-    Discriminator(_kind("lsa")),
-]
+def _registered_config(field: str, value: Any) -> BaseModel:
+    """Validate ``value`` (a mapping or a config object) as the config of its registered kind."""
+    table = registry.TASKS if field == "task" else registry.MODELS
+    if isinstance(value, BaseModel):
+        entry = table.get(getattr(value, "kind", None))  # type: ignore[arg-type]
+        if entry is not None and isinstance(value, entry.config):
+            return value
+        value = value.model_dump()
+    if not isinstance(value, dict):
+        raise PydanticCustomError("mapping_type", "must be a mapping with a 'kind' key")
+    kind = value.get("kind", DEFAULT_KIND[field])
+    if not isinstance(kind, str) or kind not in table:
+        raise ValidationError.from_exception_data(
+            field,
+            [
+                InitErrorDetails(
+                    type=PydanticCustomError(
+                        "unknown_kind",
+                        "unknown kind '{kind}'; allowed: {allowed}",
+                        {"kind": kind, "allowed": ", ".join(sorted(table))},
+                    ),
+                    loc=("kind",),
+                    input=kind,
+                )
+            ],
+        )
+    return table[kind].config.model_validate(value)
 
 
 class ConfigError(ValueError):
@@ -171,26 +177,36 @@ class RunConfig(BaseModel):
     n_seeds: int = Field(1, ge=1, description="ensemble size: seeds trained in one tensor program")
     device: str = Field("auto", description="'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:1' …")
     dtype: Literal["float32", "float64"] = Field("float32", description="working precision")
-    task: TaskConfig = Field(
+    task: SerializeAsAny[BaseModel] = Field(
         default_factory=LinearRegressionConfig,
-        description="the ICL task; 'kind' picks it: linear_regression (default), gaussian_process, "
-        "markov_chain, linear_dynamics",
+        description="the ICL task; 'kind' picks a registered task kind (default "
+        "linear_regression; `iclab kinds` lists them)",
     )
-    model: ModelConfig = Field(
+    model: SerializeAsAny[BaseModel] = Field(
         default_factory=LSAConfig,
-        description="the model; 'kind' picks it: lsa (default), kernel_attention, "
-        "softmax_transformer, causal_linear_attention",
+        description="the model; 'kind' picks a registered model kind (default lsa; `iclab kinds` "
+        "lists them and the tasks each reads)",
     )
     train: TrainConfig = TrainConfig()
 
+    @field_validator("task", "model", mode="wrap")
+    @classmethod
+    def _registered(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> BaseModel:
+        return _registered_config(str(info.field_name), value)
+
     @model_validator(mode="after")
-    def _check_polish(self) -> RunConfig:
+    def _check_pair(self) -> RunConfig:
+        registry.check_pair(self.task.kind, self.model.kind)  # type: ignore[attr-defined]
         polish = self.train.polish
-        if polish.steps + polish.averaging_steps > 0 and self.model.kind != "lsa":
+        model = registry.model_kind(self.model.kind)  # type: ignore[attr-defined]
+        if polish.steps + polish.averaging_steps > 0 and not model.has_prediction_jacobian:
+            jacobian = [m.name for m in registry.MODELS.values() if m.has_prediction_jacobian]
             raise ValueError(
                 "train.polish.steps: Levenberg–Marquardt polishing needs per-prompt Jacobians, "
-                f"which only model.kind 'lsa' provides; got model.kind {self.model.kind!r} "
-                "(set train.polish.steps=0)"
+                f"which model.kind {self.model.kind!r} does not provide (models that do: "  # type: ignore[attr-defined]
+                f"{jacobian}; set train.polish.steps=0)"
             )
         return self
 
@@ -202,32 +218,17 @@ class RunConfig(BaseModel):
         return self.model_dump(mode="json")
 
 
-_UNION_TAGS = {
-    "linear_regression",
-    "gaussian_process",
-    "markov_chain",
-    "linear_dynamics",
-    "lsa",
-    "kernel_attention",
-    "softmax_transformer",
-    "causal_linear_attention",
-}
-
-
 def format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        loc = [str(p) for p in e["loc"]]
-        if len(loc) > 1 and loc[0] in ("task", "model") and loc[1] in _UNION_TAGS:
-            loc.pop(1)  # the union member's tag is noise for the user
-        where = ".".join(loc) or "<config>"
-        if e["type"] == "union_tag_invalid":
-            ctx = e.get("ctx", {})
-            lines.append(
-                f"{where}.kind: unknown kind {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}"
-            )
+        where = ".".join(str(p) for p in e["loc"]) or "<config>"
+        if e["type"] == "unknown_kind":
+            lines.append(f"{where}: {e['msg']}")
             continue
         msg = e["msg"].removeprefix("Value error, ")
+        if not e["loc"]:  # a check across fields: its message names the fields itself
+            lines.append(msg)
+            continue
         lines.append(
             f"{where}: {msg} (got {e.get('input')!r})" if "input" in e else f"{where}: {msg}"
         )

@@ -624,7 +624,7 @@ class Zheng2024(Experiment[Budget]):
 
     def _heatmaps(self, ctx: Context[Budget], ones: TrainResult, gauss: TrainResult) -> None:
         for res, tag in ((ones, "ones"), (gauss, "gaussian_init")):
-            kq, pv = (w.detach()[0].abs().double().cpu() for w in res.model.effective_weights())
+            kq, pv = (w.detach()[0].abs().double().cpu() for w in res.model.projected_weights())
             figures.matrix_heatmaps(
                 [kq, pv], ["|W^KQ| (seed 0)", "|W^PV| (seed 0)"],
                 ctx.figures / f"{tag}_weights.png", suptitle=f"{res.config.name}: learned weights",

@@ -1,5 +1,10 @@
-"""Attention models with a leading ensemble dimension (one slice per seed)."""
+"""Ensemble models (a leading seed dimension) behind one contract, :class:`EnsembleModel`."""
 
+from iclab.models.causal_linear_attention import (
+    CausalLinearAttention,
+    CausalLinearAttentionConfig,
+)
+from iclab.models.ensemble import EnsembleModel, TokenRowModel, mse_per_member
 from iclab.models.kernel_attention import KernelAttention, KernelAttentionConfig
 from iclab.models.lsa import GramState, LinearSelfAttention, LSAConfig
 from iclab.models.softmax_transformer import (
@@ -10,6 +15,9 @@ from iclab.models.softmax_transformer import (
 
 __all__ = [
     "SIZE_PRESETS",
+    "CausalLinearAttention",
+    "CausalLinearAttentionConfig",
+    "EnsembleModel",
     "GramState",
     "KernelAttention",
     "KernelAttentionConfig",
@@ -17,4 +25,6 @@ __all__ = [
     "LinearSelfAttention",
     "SoftmaxTransformer",
     "SoftmaxTransformerConfig",
+    "TokenRowModel",
+    "mse_per_member",
 ]

@@ -71,8 +71,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
+from iclab.batches import SequenceBatch
 from iclab.device import complex_dtype
-from iclab.models.ensemble import checked_seeds
+from iclab.models.ensemble import EnsembleModel
+from iclab.registry import register_model
 from iclab.seeding import make_generator
 
 __all__ = [
@@ -176,7 +178,10 @@ def naive_predict_all(W_KQ: torch.Tensor, W_PV: torch.Tensor, x: torch.Tensor) -
     return torch.stack(out, dim=-2)
 
 
-class CausalLinearAttention(nn.Module):
+@register_model(
+    "causal_linear_attention", config=CausalLinearAttentionConfig, accepts=(SequenceBatch,)
+)
+class CausalLinearAttention(EnsembleModel):
     """An ensemble of ``E`` one-layer complex causal linear attention models (module docstring)."""
 
     def __init__(
@@ -187,22 +192,13 @@ class CausalLinearAttention(nn.Module):
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        super().__init__()
-        self.d, self.config, self.seeds = d, config, checked_seeds(d, seeds)
+        super().__init__(d, config, seeds, device, dtype)
         cd = complex_dtype(dtype)
         E = len(self.seeds)
         kw = dict(device=device, dtype=cd)
         self.W_KQ = nn.Parameter(torch.zeros(E, 2 * d, 2 * d, **kw))
         self.W_PV = nn.Parameter(torch.zeros(E, d, 2 * d, **kw))
         self.reset_parameters()
-
-    @property
-    def ensemble_size(self) -> int:
-        return len(self.seeds)
-
-    @property
-    def device(self) -> torch.device:
-        return self.W_KQ.device
 
     @property
     def complex_dtype(self) -> torch.dtype:
@@ -226,9 +222,20 @@ class CausalLinearAttention(nn.Module):
         W_PV = torch.cat([b_blk, pv], dim=-1)
         return W_KQ, W_PV
 
-    def effective_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def projected_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W_KQ, W_PV)`` as used by the forward: the trainable-set projection Π of the raw ones."""
         return self._project(self.W_KQ, self.W_PV)
+
+    def effective_weights(self) -> dict[str, torch.Tensor]:
+        """``W_KQ`` (E, 2d, 2d) and ``W_PV`` (E, d, 2d) as the forward uses them, detached."""
+        kq, pv = self.projected_weights()
+        return {"W_KQ": kq.detach(), "W_PV": pv.detach()}
+
+    def residual_stream(self, batch: SequenceBatch) -> list[torch.Tensor]:
+        """The tokens ``e_t = [x_t; x_{t−1}]`` (E, m, T, 2d) and the one layer's output ŷ_t
+        (E, m, T, d) (the layer has no residual connection)."""
+        state = self.prepare(batch)
+        return [state.e, self.predict_prepared(state)]
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -287,7 +294,7 @@ class CausalLinearAttention(nn.Module):
     @torch.no_grad()
     def block_scalars(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``a = mean diag W^{KQ}_{21}``, ``b = mean diag W^{PV}_{11}``, complex (E,) each."""
-        kq, pv = self.effective_weights()
+        kq, pv = self.projected_weights()
         d = self.d
         return _diag_mean(kq[:, d:, :d]), _diag_mean(pv[:, :, :d])
 
@@ -306,7 +313,7 @@ class CausalLinearAttention(nn.Module):
         ``Π_s`` the projection onto the mesa-optimizer's form (``W^{KQ}_{21} = a·I``,
         ``W^{PV}_{11} = b·I`` with a, b the diagonal means, all else 0). 0 at a diagonal
         initialization; NaN where ``Π_s(W) = 0``."""
-        kq, pv = (w.detach().to(torch.complex128) for w in self.effective_weights())
+        kq, pv = (w.detach().to(torch.complex128) for w in self.projected_weights())
         d = self.d
         a, b = (x.to(torch.complex128) for x in self.block_scalars())
         eye = torch.eye(d, dtype=kq.dtype, device=kq.device)
@@ -339,7 +346,7 @@ class CausalLinearAttention(nn.Module):
 
     def predict_prepared(self, state: PrefixGramState) -> torch.Tensor:
         """ŷ (E, m, T, d) from :meth:`prepare`'s state; ŷ_1 = 0."""
-        W_KQ, W_PV = self.effective_weights()
+        W_KQ, W_PV = self.projected_weights()
         k = torch.einsum("eij,emtj->emti", W_KQ, state.e)
         u = (state.C @ k.unsqueeze(-1)).squeeze(-1)
         y = torch.einsum("eij,emtj->emti", W_PV, u)

@@ -1,12 +1,33 @@
-"""Initialization shared by every ensemble model (parameters with a leading seed dimension)."""
+"""The model contract: every iclab model is an :class:`EnsembleModel`.
+
+An ensemble model holds ``E`` independent models, one per seed, as parameters with a leading
+ensemble dimension, and is built as ``Model(d, config, seeds, device=, dtype=)``. The trainer knows
+nothing else about a model than this contract:
+
+- ``prepare(batch) -> state``: the parameter-free part of the forward (e.g. Gram matrices),
+  computed once per batch and reused by every step on it (default: the batch itself);
+- ``predict_prepared(state) -> (E, B)``: the predictions;
+- ``loss_prepared(state, batch) -> (E,)``: the objective per member (default: the mean squared
+  error of the prediction against ``batch.y_query``), so the forward returns its loss;
+- ``eval_metrics(state, batch) -> {name: per-member list}``: diagnostics logged with every
+  evaluation (default: none).
+
+and one vocabulary to inspect a trained model:
+
+- ``residual_stream(batch) -> [Z_0, …, Z_L]``: every layer's token representations;
+- ``effective_weights() -> {name: tensor}``: the matrices the theory talks about, each with the
+  leading ensemble dimension.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from iclab.batches import prompt_tokens
 from iclab.seeding import make_generator
 
 
@@ -33,28 +54,81 @@ def init_ensemble_(module: nn.Module, seeds: Sequence[int], std: float) -> None:
             )
 
 
-class TokenRowModel:
-    """Mixin for models that read a prompt as token rows ``[x_i, y_i]`` plus ``[x_q, 0]``.
+def mse_per_member(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per ensemble member, (E,)."""
+    return (pred - target).pow(2).mean(dim=-1)
 
-    Provides :meth:`tokens` and the trainer hooks (:meth:`prepare`, :meth:`predict_prepared`)
-    and ``forward`` on top of the subclass's ``predict_tokens(tokens) -> (E, B)``.
+
+class EnsembleModel(nn.Module):
+    """Base class of the ensemble models; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        d: int,
+        config: Any,
+        seeds: Sequence[int] = (0,),
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.d, self.config, self.seeds = d, config, checked_seeds(d, seeds)
+        self._device = torch.device(device)
+
+    @property
+    def ensemble_size(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.parameters(), None)
+        return p.device if p is not None else self._device
+
+    # ------------------------------------------------------------------ trainer hooks
+    def prepare(self, batch: Any) -> Any:
+        """The parameter-free state of a batch (default: the batch itself)."""
+        return batch
+
+    def predict_prepared(self, state: Any) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement predict_prepared()")
+
+    def loss_prepared(self, state: Any, batch: Any) -> torch.Tensor:
+        """Objective per member (E,): mean squared error against ``batch.y_query``."""
+        return mse_per_member(self.predict_prepared(state), batch.y_query)
+
+    def eval_metrics(self, state: Any, batch: Any) -> dict[str, list[float]]:
+        """Per-member diagnostics logged with every evaluation (default: none)."""
+        return {}
+
+    # ------------------------------------------------------------------ inspection
+    def residual_stream(self, batch: Any) -> list[torch.Tensor]:
+        """Token representations after the embedding and after every layer."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its residual stream")
+
+    def effective_weights(self) -> dict[str, torch.Tensor]:
+        """The matrices the theory talks about (default: the parameters, detached)."""
+        return {k: v.detach() for k, v in self.named_parameters()}
+
+
+class TokenRowModel(EnsembleModel):
+    """A model reading a prompt as token rows ``[x_i, y_i]`` plus ``[x_q, 0]``.
+
+    Provides the trainer hooks and ``forward`` on top of the subclass's
+    ``predict_tokens(tokens) -> (E, B)``.
     """
 
-    @staticmethod
-    def tokens(x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
-        """Token rows (E, B, n+1, d+1) from x (E, B, n, d), y (E, B, n), x_query (E, B, d)."""
-        ctx = torch.cat([x, y.unsqueeze(-1)], dim=-1)
-        q = torch.cat([x_query, torch.zeros_like(x_query[..., :1])], dim=-1)
-        return torch.cat([ctx, q.unsqueeze(-2)], dim=-2)
+    tokens = staticmethod(prompt_tokens)
 
-    def prepare(self, batch: object) -> torch.Tensor:
-        """Trainer hook: the state of a task batch (with .x, .y, .x_query) is its token matrix."""
-        return self.tokens(batch.x, batch.y, batch.x_query)  # type: ignore[attr-defined]
+    def predict_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement predict_tokens()")
+
+    def prepare(self, batch: Any) -> torch.Tensor:
+        """The state of a prompt batch (with .x, .y, .x_query) is its token matrix."""
+        return prompt_tokens(batch.x, batch.y, batch.x_query)
 
     def predict_prepared(self, state: torch.Tensor) -> torch.Tensor:
-        """Trainer hook: predictions (E, B) from :meth:`prepare`'s tokens."""
-        return self.predict_tokens(state)  # type: ignore[attr-defined]
+        """Predictions (E, B) from :meth:`prepare`'s tokens."""
+        return self.predict_tokens(state)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
         """Predictions (E, B) for prompts x (E, B, n, d), y (E, B, n), x_query (E, B, d)."""
-        return self.predict_tokens(self.tokens(x, y, x_query))  # type: ignore[attr-defined]
+        return self.predict_tokens(prompt_tokens(x, y, x_query))

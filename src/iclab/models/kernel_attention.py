@@ -48,7 +48,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from iclab.models.ensemble import TokenRowModel, checked_seeds, init_ensemble_
+from iclab.batches import PromptBatch
+from iclab.models.ensemble import TokenRowModel, init_ensemble_
+from iclab.registry import register_model
 
 __all__ = ["Activation", "KernelAttention", "KernelAttentionConfig"]
 
@@ -104,7 +106,8 @@ def _overflow_error(s: torch.Tensor) -> FloatingPointError:
     )
 
 
-class KernelAttention(TokenRowModel, nn.Module):
+@register_model("kernel_attention", config=KernelAttentionConfig, accepts=(PromptBatch,))
+class KernelAttention(TokenRowModel):
     """An ensemble of ``E`` L-layer non-linear attention models; see the module docstring."""
 
     def __init__(
@@ -115,8 +118,7 @@ class KernelAttention(TokenRowModel, nn.Module):
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        super().__init__()
-        self.d, self.config, self.seeds = d, config, checked_seeds(d, seeds)
+        super().__init__(d, config, seeds, device, dtype)
         self.sign = -1.0 if config.readout == "negative" else 1.0
         E, L, H = len(seeds), config.layers, len(config.heads)
         kw = dict(device=device, dtype=dtype)
@@ -128,14 +130,6 @@ class KernelAttention(TokenRowModel, nn.Module):
         else:
             self.register_buffer("B", torch.zeros(E, L, H, d, d, **kw))
         self.reset_parameters()
-
-    @property
-    def ensemble_size(self) -> int:
-        return len(self.seeds)
-
-    @property
-    def device(self) -> torch.device:
-        return self.Q.device
 
     def reset_parameters(self) -> None:
         """Member e's parameters are N(0, init_std²) draws from the stream (seeds[e], 'init')."""
@@ -170,6 +164,20 @@ class KernelAttention(TokenRowModel, nn.Module):
                         f"{name}: expected a shape broadcastable to {tuple(p.shape)}, "
                         f"got {tuple(t.shape)}"
                     ) from None
+
+    def effective_weights(self) -> dict[str, torch.Tensor]:
+        """``Q``, ``K`` (E, L, H, d, d), the value scalars ``v`` (E, L, H) and the value block
+        ``B`` (E, L, H, d, d; 0 unless trained), detached."""
+        return {
+            "Q": self.Q.detach(),
+            "K": self.K.detach(),
+            "v": self.v.detach(),
+            "B": self.B.detach(),
+        }
+
+    def residual_stream(self, batch: PromptBatch) -> list[torch.Tensor]:
+        """``[Z_0, …, Z_L]`` of a prompt batch (:meth:`forward_tokens`)."""
+        return self.forward_tokens(batch.tokens())
 
     # ----------------------------------------------------------------------------- forward
     def forward_tokens(self, tokens: torch.Tensor) -> list[torch.Tensor]:

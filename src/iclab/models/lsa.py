@@ -47,7 +47,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from iclab.models.ensemble import checked_seeds, init_ensemble_
+from iclab.batches import PromptBatch, prompt_tokens
+from iclab.models.ensemble import EnsembleModel, init_ensemble_
+from iclab.registry import register_model
 
 Parametrization = Literal["full", "pgd", "sparse_pgd", "label_row"]
 Readout = Literal["negative", "positive"]
@@ -91,7 +93,8 @@ def _tiny_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.einsum("...ikb,...kjb->...ijb", a, b)
 
 
-class LinearSelfAttention(nn.Module):
+@register_model("lsa", config=LSAConfig, accepts=(PromptBatch,))
+class LinearSelfAttention(EnsembleModel):
     """An ensemble of ``E`` L-layer LSA models; see the module docstring for conventions."""
 
     def __init__(
@@ -102,8 +105,7 @@ class LinearSelfAttention(nn.Module):
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        super().__init__()
-        self.d, self.config, self.seeds = d, config, checked_seeds(d, seeds)
+        super().__init__(d, config, seeds, device, dtype)
         self.sign = -1.0 if config.readout == "negative" else 1.0
         E, L, H, D = len(seeds), config.layers, config.heads, d + 1
         kw = dict(device=device, dtype=dtype)
@@ -120,17 +122,9 @@ class LinearSelfAttention(nn.Module):
         self.reset_parameters()
 
     # ----------------------------------------------------------------------------- parameters
-    @property
-    def ensemble_size(self) -> int:
-        return len(self.seeds)
-
     def reset_parameters(self) -> None:
         """Member e's parameters are N(0, init_std²) draws from the stream (seeds[e], 'init')."""
         init_ensemble_(self, self.seeds, self.config.init_std)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
 
     def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The value and key-query matrices ``(P, Q)``, each (E, L, H, d+1, d+1)."""
@@ -215,18 +209,29 @@ class LinearSelfAttention(nn.Module):
         if self.config.parametrization == "pgd":
             self.B.copy_(B.expand_as(self.B) if B is not None else torch.zeros_like(self.B))
 
+    def effective_weights(self) -> dict[str, torch.Tensor]:
+        """``A`` (preconditioners), ``B`` (covariate maps), each (E, L, H, d, d), and the
+        value and key-query matrices ``P``, ``Q`` (E, L, H, d+1, d+1), detached."""
+        P, Q = self.matrices()
+        out = {"A": self.preconditioners(), "B": self.covariate_transforms(), "P": P, "Q": Q}
+        return {k: v.detach() for k, v in out.items()}
+
+    def residual_stream(self, batch: PromptBatch) -> list[torch.Tensor]:
+        """``[Z_0, …, Z_L]`` of a prompt batch (:meth:`forward_tokens`)."""
+        return self.forward_tokens(batch.tokens())
+
     # ----------------------------------------------------------------------------- forward
     @staticmethod
     def gram_state(x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> GramState:
         """Precompute the data-only state: x (E, B, n, d), y (E, B, n), x_query (E, B, d)."""
-        z = torch.cat([x, y.unsqueeze(-1)], dim=-1)  # (E, B, n, D)
+        tokens = prompt_tokens(x, y, x_query)  # (E, B, n+1, D)
+        z, q = tokens[..., :-1, :], tokens[..., -1, :]
         gram = (z.transpose(-1, -2) @ z).permute(0, 2, 3, 1).contiguous()
-        q = torch.cat([x_query, torch.zeros_like(x_query[..., :1])], dim=-1)
         return GramState(gram=gram, query=q.permute(0, 2, 1).contiguous(), n=x.shape[-2])
 
-    def prepare(self, batch: object) -> GramState:
-        """Trainer hook: the data-only state of a task batch (with .x, .y, .x_query)."""
-        return self.gram_state(batch.x, batch.y, batch.x_query)  # type: ignore[attr-defined]
+    def prepare(self, batch: PromptBatch) -> GramState:
+        """Trainer hook: the data-only state of a prompt batch."""
+        return self.gram_state(batch.x, batch.y, batch.x_query)
 
     def predict_prepared(self, state: GramState) -> torch.Tensor:
         """Trainer hook: predictions (E, B) from :meth:`prepare`'s state."""

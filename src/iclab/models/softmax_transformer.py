@@ -54,7 +54,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from iclab.models.ensemble import TokenRowModel, checked_seeds
+from iclab.batches import PromptBatch
+from iclab.models.ensemble import TokenRowModel
+from iclab.registry import register_model
 from iclab.seeding import make_generator
 
 __all__ = ["SIZE_PRESETS", "SoftmaxTransformer", "SoftmaxTransformerConfig"]
@@ -156,7 +158,8 @@ def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     return y * weight.reshape(shape) + bias.reshape(shape)
 
 
-class SoftmaxTransformer(TokenRowModel, nn.Module):
+@register_model("softmax_transformer", config=SoftmaxTransformerConfig, accepts=(PromptBatch,))
+class SoftmaxTransformer(TokenRowModel):
     """An ensemble of ``E`` GPT-2-style softmax transformers; see the module docstring."""
 
     def __init__(
@@ -167,8 +170,7 @@ class SoftmaxTransformer(TokenRowModel, nn.Module):
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        super().__init__()
-        self.d, self.config, self.seeds = d, config, checked_seeds(d, seeds)
+        super().__init__(d, config, seeds, device, dtype)
         E, L, W, M = len(seeds), config.layers, config.width, config.mlp_width
         kw = dict(device=device, dtype=dtype)
 
@@ -193,14 +195,6 @@ class SoftmaxTransformer(TokenRowModel, nn.Module):
         self.reset_parameters()
 
     # ----------------------------------------------------------------------------- parameters
-    @property
-    def ensemble_size(self) -> int:
-        return len(self.seeds)
-
-    @property
-    def device(self) -> torch.device:
-        return self.embed_weight.device
-
     def _init_scale(self, name: str) -> float | None:
         """Std multiplier of a random parameter; None for biases (0) and LayerNorm scales (1)."""
         if name.startswith("ln") or name.endswith("_bias"):
@@ -250,6 +244,10 @@ class SoftmaxTransformer(TokenRowModel, nn.Module):
     ) -> list[torch.Tensor]:
         """Residual stream after the embedding and after every block: L+1 tensors (E, B, n+1, W)."""
         return self._trunk(self.tokens(x, y, x_query), query_only_last=False)
+
+    def residual_stream(self, batch: PromptBatch) -> list[torch.Tensor]:
+        """Residual stream of a prompt batch: L+1 tensors (E, B, n+1, W) (:meth:`hidden_states`)."""
+        return self.hidden_states(batch.x, batch.y, batch.x_query)
 
     def attention_maps(
         self, x: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor

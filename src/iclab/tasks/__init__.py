@@ -1,5 +1,7 @@
 """Samplers of random in-context-learning problem instances."""
 
+from iclab.batches import PromptBatch, SequenceBatch
+from iclab.tasks.ensemble_task import EnsembleTask
 from iclab.tasks.gaussian_process import (
     GaussianProcessBatch,
     GaussianProcessConfig,
@@ -7,6 +9,11 @@ from iclab.tasks.gaussian_process import (
     KernelTerm,
     gp_covariance,
     kernel_function,
+)
+from iclab.tasks.linear_dynamics import (
+    LinearDynamicsBatch,
+    LinearDynamicsConfig,
+    LinearDynamicsTask,
 )
 from iclab.tasks.linear_regression import (
     LinearRegressionBatch,
@@ -17,16 +24,22 @@ from iclab.tasks.linear_regression import (
 from iclab.tasks.markov_chain import MarkovChainBatch, MarkovChainConfig, MarkovChainTask
 
 __all__ = [
+    "EnsembleTask",
     "GaussianProcessBatch",
     "GaussianProcessConfig",
     "GaussianProcessTask",
     "KernelTerm",
+    "LinearDynamicsBatch",
+    "LinearDynamicsConfig",
+    "LinearDynamicsTask",
     "LinearRegressionBatch",
     "LinearRegressionConfig",
     "LinearRegressionTask",
     "MarkovChainBatch",
     "MarkovChainConfig",
     "MarkovChainTask",
+    "PromptBatch",
+    "SequenceBatch",
     "gp_covariance",
     "kernel_function",
     "rotated_covariance",

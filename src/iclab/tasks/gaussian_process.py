@@ -54,8 +54,10 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from iclab.batches import PromptBatch
+from iclab.registry import register_task
 from iclab.seeding import make_generator
-from iclab.tasks.prompts import EnsembleTask, PromptBatch
+from iclab.tasks.ensemble_task import EnsembleTask
 
 __all__ = [
     "GaussianProcessBatch",
@@ -252,6 +254,7 @@ class GaussianProcessBatch(PromptBatch):
         return (-self.min_eigenvalue).clamp_min(0)
 
 
+@register_task("gaussian_process", config=GaussianProcessConfig, batch=GaussianProcessBatch)
 class GaussianProcessTask(EnsembleTask):
     """Samples :class:`GaussianProcessBatch` es for an ensemble of seeds on any device."""
 

@@ -48,9 +48,11 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from iclab.batches import SequenceBatch
 from iclab.device import complex_dtype
+from iclab.registry import register_task
 from iclab.seeding import make_generator
-from iclab.tasks.prompts import EnsembleTask
+from iclab.tasks.ensemble_task import EnsembleTask
 
 __all__ = [
     "LinearDynamicsBatch",
@@ -99,7 +101,7 @@ class LinearDynamicsConfig(BaseModel):
 
 
 @dataclass(frozen=True)
-class LinearDynamicsBatch:
+class LinearDynamicsBatch(SequenceBatch):
     """Sequences with their ground truth (E ensemble members, m sequences each)."""
 
     x: torch.Tensor  # (E, m, T, d) complex: x_1..x_T
@@ -134,6 +136,7 @@ class LinearDynamicsBatch:
         return dataclasses.replace(self, x=self.x.to(cd), W=self.W.to(cd))
 
 
+@register_task("linear_dynamics", config=LinearDynamicsConfig, batch=LinearDynamicsBatch)
 class LinearDynamicsTask(EnsembleTask):
     """Samples :class:`LinearDynamicsBatch` es for an ensemble of seeds on any device.
 

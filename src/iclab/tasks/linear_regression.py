@@ -19,8 +19,10 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from iclab.batches import PromptBatch
+from iclab.registry import register_task
 from iclab.seeding import make_generator
-from iclab.tasks.prompts import EnsembleTask, PromptBatch
+from iclab.tasks.ensemble_task import EnsembleTask
 
 PAPER_SPECTRUM_D5 = (1.0, 1.0, 0.5, 0.25, 1.0)
 Matrix = list[list[float]]
@@ -123,6 +125,7 @@ class LinearRegressionBatch(PromptBatch):
     noise_std: float
 
 
+@register_task("linear_regression", config=LinearRegressionConfig, batch=LinearRegressionBatch)
 class LinearRegressionTask(EnsembleTask):
     """Samples :class:`LinearRegressionBatch` es for an ensemble of seeds on any device."""
 

@@ -37,8 +37,10 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from iclab.batches import PromptBatch
+from iclab.registry import register_task
 from iclab.seeding import make_generator
-from iclab.tasks.prompts import EnsembleTask, PromptBatch
+from iclab.tasks.ensemble_task import EnsembleTask
 
 __all__ = ["MarkovChainBatch", "MarkovChainConfig", "MarkovChainTask", "sample_gamma"]
 
@@ -131,6 +133,7 @@ def sample_gamma(
     return out.reshape(tuple(shape)).to(dtype)
 
 
+@register_task("markov_chain", config=MarkovChainConfig, batch=MarkovChainBatch)
 class MarkovChainTask(EnsembleTask):
     """Samples :class:`MarkovChainBatch` es for an ensemble of seeds on any device."""
 

@@ -6,10 +6,12 @@
     checkpoint.safetensors   parameters + optimizer state at the last checkpoint (for resume)
     model.safetensors        final parameters
 
-Model hooks: ``prepare(batch) -> state`` and ``predict_prepared(state) -> (E, B)`` (scored by the
-mean squared error against ``y_query``); a model may instead define ``loss_prepared(state,
-batch) -> (E,)`` (its own objective, e.g. over all prefix predictions of a sequence) and
-``eval_metrics(state, batch) -> {name: per-seed list}``, logged with every evaluation.
+The trainer knows nothing model-specific: it builds the task and model the registry
+(:mod:`iclab.registry`) names for the config's kinds and uses only the contract of
+:class:`iclab.models.EnsembleModel`: ``prepare(batch) -> state``, ``loss_prepared(state, batch)
+-> (E,)`` (the objective per member) and ``eval_metrics(state, batch) -> {name: per-seed
+list}``, logged with every evaluation. Progress bars, TensorBoard and step hooks are callbacks
+(:mod:`iclab.training.callbacks`).
 
 Polishing (``train.polish``, LSA only): after ``train.steps`` first-order steps,
 ``polish.steps`` Levenberg–Marquardt iterations on one fixed batch (stream (seed, "polish", 0)),
@@ -27,26 +29,27 @@ from __future__ import annotations
 import json
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 import iclab
+from iclab import registry
 from iclab.config import ConfigError, RunConfig, dump_config, load_config
 from iclab.device import resolve_device, resolve_dtype
-from iclab.models import LinearSelfAttention
-from iclab.models.causal_linear_attention import CausalLinearAttention
-from iclab.models.kernel_attention import KernelAttention
-from iclab.models.softmax_transformer import SoftmaxTransformer
-from iclab.tasks import LinearRegressionTask
-from iclab.tasks.gaussian_process import GaussianProcessTask
-from iclab.tasks.linear_dynamics import LinearDynamicsTask
-from iclab.tasks.markov_chain import MarkovChainTask
+from iclab.models import EnsembleModel
+from iclab.tasks import EnsembleTask
 from iclab.training import checkpoint as io
+from iclab.training.callbacks import (
+    Callback,
+    ProgressBar,
+    RunInfo,
+    StepFunction,
+    TensorBoardLogger,
+)
 from iclab.training.levenberg_marquardt import averaging_step, lm_iteration
 from iclab.training.optim import build_optimizer, clip_gradients, lr_factor
 
@@ -58,8 +61,8 @@ class TrainingDiverged(RuntimeError):
 @dataclass
 class TrainResult:
     config: RunConfig
-    model: Any  # LinearSelfAttention | KernelAttention
-    task: Any  # LinearRegressionTask | GaussianProcessTask
+    model: Any  # an EnsembleModel of the registered kind
+    task: Any  # an EnsembleTask of the registered kind
     metrics: list[dict[str, Any]]
     run_dir: Path | None
     wall_s: float
@@ -71,39 +74,16 @@ class TrainResult:
         return torch.tensor(self.metrics[-1]["test_loss"], dtype=torch.float64)
 
 
-def build_task(config: RunConfig, device: torch.device, dtype: torch.dtype) -> Any:
-    """The task sampler named by ``config.task.kind`` for the run's seeds."""
-    if config.task.kind == "gaussian_process":
-        return GaussianProcessTask(config.task, config.seeds, device=device, dtype=dtype)
-    if config.task.kind == "markov_chain":
-        return MarkovChainTask(config.task, config.seeds, device=device, dtype=dtype)
-    if config.task.kind == "linear_dynamics":
-        return LinearDynamicsTask(config.task, config.seeds, device=device, dtype=dtype)
-    return LinearRegressionTask(config.task, config.seeds, device=device, dtype=dtype)
+def build_task(config: RunConfig, device: torch.device, dtype: torch.dtype) -> EnsembleTask:
+    """The task sampler of the registered kind ``config.task.kind`` for the run's seeds."""
+    builder = registry.task_kind(config.task.kind).builder  # type: ignore[attr-defined]
+    return builder(config.task, config.seeds, device=device, dtype=dtype)
 
 
-def build_model(config: RunConfig, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """The ensemble model named by ``config.model.kind`` (input dimension from the task)."""
-    if config.model.kind == "causal_linear_attention":
-        return CausalLinearAttention(
-            config.task.d, config.model, config.seeds, device=device, dtype=dtype
-        )
-    if config.model.kind == "softmax_transformer":
-        return SoftmaxTransformer(
-            config.task.d, config.model, config.seeds, device=device, dtype=dtype
-        )
-    if config.model.kind == "kernel_attention":
-        return KernelAttention(
-            config.task.d, config.model, config.seeds, device=device, dtype=dtype
-        )
-    return LinearSelfAttention(
-        config.task.d, config.model, config.seeds, device=device, dtype=dtype
-    )
-
-
-def mse_per_member(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error per ensemble member, (E,)."""
-    return (pred - target).pow(2).mean(dim=-1)
+def build_model(config: RunConfig, device: torch.device, dtype: torch.dtype) -> EnsembleModel:
+    """The ensemble model of the registered kind ``config.model.kind`` (``d`` from the task)."""
+    builder = registry.model_kind(config.model.kind).builder  # type: ignore[attr-defined]
+    return builder(config.task.d, config.model, config.seeds, device=device, dtype=dtype)  # type: ignore[attr-defined]
 
 
 def _prepare_run_dir(config: RunConfig, run_dir: Path, overwrite: bool) -> None:
@@ -130,21 +110,28 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
-    """Train ``config.n_seeds`` models in one tensor program; see the module docstring."""
+    """Train ``config.n_seeds`` models in one tensor program; see the module docstring.
+
+    ``progress`` adds a :class:`ProgressBar`, ``config.train.tensorboard`` a
+    :class:`TensorBoardLogger` and ``on_step`` a :class:`StepFunction` to ``callbacks``."""
     tcfg = config.train
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
-    writer = None
+    hooks: list[Callback] = [ProgressBar()] if progress else []
     if tcfg.tensorboard:
+        if out is None:
+            raise ConfigError("train.tensorboard: needs a run folder (--out)")
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            hooks.append(TensorBoardLogger())
         except ImportError:
             raise ConfigError(
                 "train.tensorboard: needs the 'tensorboard' package (pip install 'iclab[tensorboard]')"
             ) from None
-        if out is None:
-            raise ConfigError("train.tensorboard: needs a run folder (--out)")
+    hooks += list(callbacks)
+    if on_step is not None:
+        hooks.append(StepFunction(on_step))
     run_dir = Path(out) if out is not None else None
     if run_dir is not None:
         _prepare_run_dir(config, run_dir, overwrite)
@@ -174,27 +161,12 @@ def train(
                 config, model, task, metrics, run_dir, float(done_info.get("wall_s", 0.0)),
                 0, done_info,
             )  # fmt: skip
-    if run_dir is not None and tcfg.tensorboard:
-        writer = SummaryWriter(str(run_dir / "tensorboard"))
-
-    # The per-member objective: models that predict one scalar per prompt are scored by the mean
-    # squared error against y_query; models with their own objective (e.g. all prefix
-    # predictions of a sequence) provide ``loss_prepared(state, batch) -> (E,)``.
-    if hasattr(model, "loss_prepared"):
-        objective = model.loss_prepared
-    else:
-
-        def objective(state: Any, batch: Any) -> torch.Tensor:
-            return mse_per_member(predict(state), batch.y_query)
-
-    predict = model.predict_prepared
+    objective = model.loss_prepared  # the per-member objective (E,)
     if tcfg.compile:
         # every model instance (and each train/eval shape) is a new guard on the same code object
         limit = torch._dynamo.config.recompile_limit
         torch._dynamo.config.recompile_limit = max(limit, 64)
-        predict = torch.compile(model.predict_prepared, dynamic=False)
-        if hasattr(model, "loss_prepared"):
-            objective = torch.compile(model.loss_prepared, dynamic=False)
+        objective = torch.compile(model.loss_prepared, dynamic=False)
 
     test_batch = task.sample(tcfg.test_size, "test", 0)
     with torch.no_grad():
@@ -206,8 +178,6 @@ def train(
 
     def extra_metrics() -> dict[str, Any]:
         """Model-specific per-seed diagnostics logged with every evaluation (e.g. ``ab``)."""
-        if not hasattr(model, "eval_metrics"):
-            return {}
         with torch.no_grad():
             return model.eval_metrics(test_state, test_batch)
 
@@ -270,10 +240,8 @@ def train(
         try:
             test = evaluate()
         except FloatingPointError as err:
-            bar.close()
             raise diverged(done, f"the test forward pass [{err}]", None) from err
         if not torch.isfinite(test).all():
-            bar.close()
             raise diverged(done, "the test loss", test)
         metrics.append(
             {
@@ -286,72 +254,74 @@ def train(
                 **extra,
             }
         )
-        bar.set_postfix(test=f"{test.mean().item():.3g}")
-        if writer is not None:
-            writer.add_scalar("loss/test_mean", test.mean().item(), done)
-            writer.add_scalar("loss/train_mean", loss.detach().mean().item(), done)
+        for h in hooks:
+            h.on_evaluation(metrics[-1])
 
-    state = None
-    bar = tqdm(
-        total=total, initial=start, disable=not progress, desc=config.name, dynamic_ncols=True
-    )
-    loss = torch.zeros(config.n_seeds)
-    for step in range(start, tcfg.steps):
-        if state is None or step % tcfg.resample_every == 0:
-            batch = task.sample(tcfg.batch_size, "train", step // tcfg.resample_every)
-            with torch.no_grad():
-                state = model.prepare(batch)
-        lr = tcfg.lr * lr_factor(step, tcfg.steps, tcfg.schedule)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        try:
-            loss = objective(state, batch)
-        except FloatingPointError as err:  # e.g. an exp logit overflowed in kernel attention
-            bar.close()
-            raise diverged(step + 1, f"the forward pass [{err}]", None) from err
-        if not torch.isfinite(loss).all():
-            bar.close()
-            raise diverged(step + 1, "the training loss", loss.detach())
-        opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        clip_gradients(model.parameters(), tcfg.clip)
-        opt.step()
-        done = step + 1
-        bar.update(1)
-        if done % tcfg.eval_every == 0 or done == tcfg.steps:
-            record(done, lr, loss)
-        if done % tcfg.checkpoint_every == 0 or done == tcfg.steps:
+    def finish_step(done: int) -> None:
+        for h in hooks:
+            h.on_step(done)
+
+    def first_order_steps() -> None:
+        state = None
+        for step in range(start, tcfg.steps):
+            if state is None or step % tcfg.resample_every == 0:
+                batch = task.sample(tcfg.batch_size, "train", step // tcfg.resample_every)
+                with torch.no_grad():
+                    state = model.prepare(batch)
+            lr = tcfg.lr * lr_factor(step, tcfg.steps, tcfg.schedule)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            try:
+                loss = objective(state, batch)
+            except FloatingPointError as err:  # e.g. an exp logit overflowed in kernel attention
+                raise diverged(step + 1, f"the forward pass [{err}]", None) from err
+            if not torch.isfinite(loss).all():
+                raise diverged(step + 1, "the training loss", loss.detach())
+            opt.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            clip_gradients(model.parameters(), tcfg.clip)
+            opt.step()
+            done = step + 1
+            if done % tcfg.eval_every == 0 or done == tcfg.steps:
+                record(done, lr, loss)
+            if done % tcfg.checkpoint_every == 0 or done == tcfg.steps:
+                save_checkpoint(done)
+            finish_step(done)
+
+    def polishing_steps() -> None:
+        nonlocal damping
+        for step in range(max(start, tcfg.steps), total):
+            # Levenberg–Marquardt on batch 0, then averaging on batch k − steps + 1
+            k = step - tcfg.steps
+            fresh = k >= polish.steps
+            if fresh or step == max(start, tcfg.steps):
+                index = k - polish.steps + 1 if fresh else 0
+                batch = task.sample(polish.batch_size, "polish", index)
+                with torch.no_grad():
+                    state = model.prepare(batch)
+            try:
+                if fresh:
+                    eta = 1.0 / (k - polish.steps + 2)
+                    loss = averaging_step(model, state, batch.y_query, damping, eta)
+                else:
+                    damping, loss = lm_iteration(model, state, batch.y_query, damping)
+            except FloatingPointError as err:
+                raise diverged(step + 1, f"the forward pass [{err}]", None) from err
+            if not torch.isfinite(loss).all():
+                raise diverged(step + 1, "the polishing loss", loss)
+            done = step + 1
+            record(done, 0.0, loss, damping=damping.tolist())
             save_checkpoint(done)
-        if on_step is not None:
-            on_step(done)
-    for step in range(max(start, tcfg.steps), total):
-        k = (
-            step - tcfg.steps
-        )  # Levenberg–Marquardt on batch 0, then averaging on batch k − steps + 1
-        fresh = k >= polish.steps
-        if fresh or step == max(start, tcfg.steps):
-            batch = task.sample(polish.batch_size, "polish", k - polish.steps + 1 if fresh else 0)
-            with torch.no_grad():
-                state = model.prepare(batch)
-        try:
-            if fresh:
-                eta = 1.0 / (k - polish.steps + 2)
-                loss = averaging_step(model, state, batch.y_query, damping, eta)
-            else:
-                damping, loss = lm_iteration(model, state, batch.y_query, damping)
-        except FloatingPointError as err:
-            bar.close()
-            raise diverged(step + 1, f"the forward pass [{err}]", None) from err
-        if not torch.isfinite(loss).all():
-            bar.close()
-            raise diverged(step + 1, "the polishing loss", loss)
-        done = step + 1
-        bar.update(1)
-        record(done, 0.0, loss, damping=damping.tolist())
-        save_checkpoint(done)
-        if on_step is not None:
-            on_step(done)
-    bar.close()
+            finish_step(done)
+
+    for h in hooks:
+        h.on_start(RunInfo(config.name, total, start, run_dir))
+    try:
+        first_order_steps()
+        polishing_steps()
+    finally:
+        for h in hooks:
+            h.close()
     wall = time.perf_counter() - t0
     steps_run = total - start
     total_wall = prior_wall + wall
@@ -371,8 +341,6 @@ def train(
         io.save_tensors(run_dir / io.MODEL, dict(model.state_dict()), meta)
         io.write_metrics(run_dir / io.METRICS, metrics)
         io.atomic_write_json(run_dir / io.RUN_INFO, info)
-    if writer is not None:
-        writer.close()
     return TrainResult(config, model, task, metrics, run_dir, total_wall, steps_run, info)
 
 
