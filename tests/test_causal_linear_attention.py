@@ -9,11 +9,11 @@ from pydantic import ValidationError
 from iclab.models.causal_linear_attention import (
     CausalLinearAttention,
     CausalLinearAttentionConfig,
-    gd_step_prediction,
     naive_predict_all,
     tokens,
 )
 from iclab.tasks.linear_dynamics import LinearDynamicsConfig, LinearDynamicsTask
+from iclab.theory.mesa_optimizer import mesa_optimizer_prediction
 
 F64 = torch.float64
 
@@ -61,10 +61,10 @@ def test_tokens_and_block_convention():
     torch.testing.assert_close(m.ab_complex(), torch.tensor([6.0 + 0j], dtype=torch.complex128))
 
 
-def test_gd_step_prediction_matches_double_loop():
+def test_mesa_optimizer_prediction_matches_double_loop():
     x = _random_complex((2, 3, 6, 2), 1)
     c = torch.tensor([0.7, -1.3], dtype=F64)
-    y = gd_step_prediction(x, c)
+    y = mesa_optimizer_prediction(x, c[:, None])
     torch.testing.assert_close(y[..., 0, :], torch.zeros_like(y[..., 0, :]))
     for t in range(2, 7):  # 1-based
         W = sum(
@@ -81,7 +81,7 @@ def test_diagonal_model_is_the_mesa_optimizer(transition):
     model = CausalLinearAttention(4, cfg, seeds=[0, 1], dtype=F64)
     with torch.no_grad():
         y = model.predict_all(x)
-    ref = gd_step_prediction(x, 0.75)
+    ref = mesa_optimizer_prediction(x, 0.75)
     assert (y - ref).abs().max() < 1e-10
     assert y[..., 0, :].abs().max() == 0  # ŷ_1 := 0
 
@@ -208,7 +208,7 @@ def test_float32_path_and_prepare_reuse():
     state = model.prepare(batch)
     y = model.predict_prepared(state)
     assert y.dtype == torch.complex64 and y.shape == (1, 16, 10, 3)
-    ref = gd_step_prediction(batch.x.to(torch.complex128), 0.12)
+    ref = mesa_optimizer_prediction(batch.x.to(torch.complex128), 0.12)
     assert (y.to(torch.complex128) - ref).abs().max() < 1e-5
     torch.testing.assert_close(model.loss_prepared(state), model.loss(batch.x))
 

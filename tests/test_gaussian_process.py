@@ -284,7 +284,7 @@ def test_relu_kernels_project_exactly_the_prompts_that_are_not_positive_definite
     b = task.sample(300, "relu", 2)
     x_all = _points(b)
     cov, _, _, lam_min = real(x_all, kernel, 1e-4)
-    not_pd = torch.linalg.cholesky_ex(gp_module._raw_kernel64(x_all, kernel))[1] != 0
+    not_pd = torch.linalg.cholesky_ex(gp_module.raw_kernel64(x_all, kernel))[1] != 0
     assert 0 < int(not_pd.sum()) < not_pd.numel()  # d = 5: both paths occur
     assert calls == [torch.Size([int(not_pd.sum())])]  # eigh only for the non-PD prompts
     assert bool((lam_min[~not_pd] > 0).all())  # the Cholesky prompts have K⁺ = K

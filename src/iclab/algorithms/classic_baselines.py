@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from iclab.algorithms.conventions import check_prompts
+from iclab.prompt_shapes import check_prompts
 
 __all__ = [
     "ClassifierPrediction",

@@ -19,13 +19,13 @@ from collections.abc import Sequence
 
 import torch
 
-from iclab.algorithms.conventions import (
+from iclab.algorithms.least_squares import Prediction
+from iclab.prompt_shapes import (
     as_step_sizes,
     check_prompts,
     ensemble_compatible,
     matvec,
 )
-from iclab.algorithms.least_squares import Prediction
 
 __all__ = ["gd_plus_plus", "preconditioned_gd", "sufficient_statistics"]
 

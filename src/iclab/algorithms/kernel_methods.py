@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import torch
 
-from iclab.algorithms.conventions import as_step_sizes, check_prompts, matvec
 from iclab.algorithms.step_size_tuning import multistart_lbfgs, residual_polynomial
-from iclab.tasks.gaussian_process import KernelSpec, KernelTerm, as_kernel_terms, kernel_function
+from iclab.kernels import KernelSpec, KernelTerm, as_kernel_terms, kernel_function
+from iclab.prompt_shapes import as_step_sizes, check_prompts, matvec
 
 __all__ = [
     "FunctionalGDResult",

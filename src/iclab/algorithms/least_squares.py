@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from iclab.algorithms.conventions import check_prompts, ensemble_compatible
+from iclab.matrix_functions import psd_sqrt
+from iclab.prompt_shapes import check_prompts, ensemble_compatible
 
 __all__ = ["Prediction", "bayes_posterior_mean", "ols", "ridge"]
 
@@ -104,13 +105,6 @@ def _spectral_solve(
 
 def _predict(weights: torch.Tensor, x_query: torch.Tensor) -> Prediction:
     return Prediction(prediction=(weights * x_query).sum(-1), weights=weights)
-
-
-def _psd_sqrt(m: torch.Tensor) -> torch.Tensor:
-    """Symmetric PSD square root; eigenvalues below 0 (round-off) are clamped to 0."""
-    m = (m + m.transpose(-1, -2)) / 2
-    lam, v = torch.linalg.eigh(m)
-    return (v * lam.clamp_min(0).sqrt().unsqueeze(-2)) @ v.transpose(-1, -2)
 
 
 # ------------------------------------------------------------------------------ public API
@@ -208,7 +202,8 @@ def bayes_posterior_mean(
     """
     n, d = check_prompts(x, y, x_query)
     sigma = _per_ensemble("noise_std", noise_std, x)
-    root = _psd_sqrt(_ensemble_matrix("weight_covariance", weight_covariance, x, d))  # (E|1,1,d,d)
+    wcov = _ensemble_matrix("weight_covariance", weight_covariance, x, d)  # (E|1,1,d,d)
+    root = psd_sqrt((wcov + wcov.transpose(-1, -2)) / 2)  # symmetrized against round-off
     rcond = _default_rcond(n, d, x.dtype) if rcond is None else rcond
     v = _spectral_solve(x @ root, y, sigma * sigma, rcond)  # (E, B, d)
     w = (root * v.unsqueeze(-2)).sum(-1)  # R v, batched mat-vec

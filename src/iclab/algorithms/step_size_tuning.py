@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import torch
 
-from iclab.algorithms.conventions import as_step_sizes, check_prompts, matvec
 from iclab.algorithms.gradient_descent import (
     _gd_from_statistics,
     _layer_matrices,
@@ -34,6 +33,7 @@ from iclab.algorithms.gradient_descent import (
     sufficient_statistics,
 )
 from iclab.algorithms.least_squares import Prediction
+from iclab.prompt_shapes import as_step_sizes, check_prompts, matvec
 
 __all__ = ["TunedSteps", "multistart_lbfgs", "residual_polynomial", "tune_gd_step_sizes"]
 

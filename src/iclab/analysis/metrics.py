@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from iclab.matrix_functions import psd_sqrt
+
 
 def distance_to_identity(m: torch.Tensor) -> torch.Tensor:
     """``‖M − (tr M / d) I‖_F / ‖M‖_F`` over the last two dims: 0 iff M is a multiple of I."""
@@ -21,14 +23,9 @@ def relative_error(m: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return torch.linalg.matrix_norm(m - reference) / torch.linalg.matrix_norm(reference)
 
 
-def _sym_sqrt(s: torch.Tensor) -> torch.Tensor:
-    lam, v = torch.linalg.eigh(s)
-    return (v * lam.clamp_min(0).sqrt().unsqueeze(-2)) @ v.transpose(-1, -2)
-
-
 def whiten(a: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
     """``Σ^{1/2} A Σ^{1/2}``: a preconditioner seen in whitened coordinates (Σ⁻¹ ↦ I)."""
-    r = _sym_sqrt(covariance.to(a.dtype))
+    r = psd_sqrt(covariance.to(a.dtype))
     return r @ a @ r
 
 

@@ -35,7 +35,7 @@ from typing import Any, Literal
 import torch
 
 from iclab.analysis.metrics import mean_std
-from iclab.training.checkpoint import atomic_write_json, atomic_write_text
+from iclab.atomic_io import atomic_write_json, atomic_write_text
 
 Verdict = Literal["pass", "fail", "refuted", "check"]
 VERDICTS: tuple[Verdict, ...] = ("pass", "fail", "refuted", "check")

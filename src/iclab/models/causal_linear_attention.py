@@ -16,7 +16,8 @@ initialization ``W^{KQ}_{21} = a·I``, ``W^{PV}_{11} = b·I`` (all else 0) gives
 ``W^{KQ} e_t = [0; a x_t]``, ``E_t E_tᴴ [0; a x_t] = a Σ_{i≤t} e_i (x_{i−1}ᴴ x_t)`` and then
 ``W^{PV}`` keeps the top half: ``ŷ_t = (ab/(t−1)) Σ_{i≤t} x_i x_{i−1}ᴴ x_t
 = (ab/(t−1)) Σ_{i<t} x_{i+1} x_iᴴ x_t`` — one GD step from 0 on the in-context OLS
-(:func:`gd_step_prediction`), tested equal to 1e-10 in float64.
+(:func:`iclab.theory.mesa_optimizer.mesa_optimizer_prediction`), tested equal to 1e-10 in
+float64.
 
 **Computation (exact, O(T·d²) per sequence, no T×T matrix).** ``C_t = E_t E_tᴴ = Σ_{i≤t} e_i e_iᴴ``
 does not depend on the parameters, so :meth:`~CausalLinearAttention.prepare` forms it once per
@@ -68,7 +69,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from iclab.batches import SequenceBatch
@@ -76,12 +77,12 @@ from iclab.device import complex_dtype
 from iclab.models.ensemble import EnsembleModel
 from iclab.registry import register_model
 from iclab.seeding import make_generator
+from iclab.validation import FiniteFloat
 
 __all__ = [
     "CausalLinearAttention",
     "CausalLinearAttentionConfig",
     "PrefixGramState",
-    "gd_step_prediction",
     "naive_predict_all",
     "tokens",
 ]
@@ -98,9 +99,9 @@ class CausalLinearAttentionConfig(BaseModel):
         description="'diagonal': W^KQ_21 = a0·I, W^PV_11 = b0·I, else 0; 'gaussian': i.i.d. "
         "complex N(0, init_std²) entries",
     )
-    a0: float = Field(0.1, description="a0 of the diagonal initialization (W^KQ_21 = a0·I)")
-    b0: float = Field(0.1, description="b0 of the diagonal initialization (W^PV_11 = b0·I)")
-    init_std: float = Field(
+    a0: FiniteFloat = Field(0.1, description="a0 of the diagonal initialization (W^KQ_21 = a0·I)")
+    b0: FiniteFloat = Field(0.1, description="b0 of the diagonal initialization (W^PV_11 = b0·I)")
+    init_std: FiniteFloat = Field(
         0.1, ge=0.0, description="std of the Gaussian initialization (E|w|² = init_std²)"
     )
     trainable: Literal["all", "diagonal_blocks", "scalars"] = Field(
@@ -108,13 +109,6 @@ class CausalLinearAttentionConfig(BaseModel):
         description="'all' entries; 'diagonal_blocks': the d×d blocks W^KQ_21 and W^PV_11 only; "
         "'scalars': a·I and b·I only",
     )
-
-    @field_validator("a0", "b0", "init_std")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be finite")
-        return v
 
 
 @dataclass(frozen=True)
@@ -136,29 +130,6 @@ def _inv_t_minus_1(T: int, device, dtype) -> torch.Tensor:
     """(T, 1): 1/(t−1) for 1-based t ≥ 2 and 0 at t = 1 (ŷ_1 := 0)."""
     t = torch.arange(1, T + 1, device=device, dtype=dtype)
     return torch.where(t > 1, 1.0 / (t - 1).clamp_min(1), torch.zeros_like(t)).unsqueeze(-1)
-
-
-def gd_step_prediction(x: torch.Tensor, c: complex | float | torch.Tensor) -> torch.Tensor:
-    """The mesa-optimizer: ``ŷ_t = Ŵ_t x_t``, ``Ŵ_t = (c/(t−1)) Σ_{i<t} x_{i+1} x_iᴴ`` (…, T, d).
-
-    One GD step with step size c from W = 0 on ``½ Σ_{i<t} ‖x_{i+1} − W x_i‖²``. ``x``: (…, T, d)
-    (real or complex); ``c``: a number or a tensor broadcast against the *leading* dims of x
-    (e.g. (E,) for x of shape (E, m, T, d)). ŷ_1 = 0 (no pair yet). Uses the prefix sums
-    ``B_t = Σ_{i<t} x_{i+1} x_iᴴ`` (O(T·d²)).
-    """
-    if not x.is_complex():
-        x = x.to(complex_dtype(x.dtype))
-    T = x.shape[-2]
-    nxt, cur = x[..., 1:, :], x[..., :-1, :]
-    pairs = nxt.unsqueeze(-1) * cur.conj().unsqueeze(-2)  # (…, T−1, d, d): x_{i+1} x_iᴴ
-    B = pairs.cumsum(dim=-3)  # B[..., t−2] = Σ_{i<t} for 1-based t = 2..T
-    y = (B @ x[..., 1:, :].unsqueeze(-1)).squeeze(-1)  # (…, T−1, d)
-    y = y * _inv_t_minus_1(T, x.device, x.real.dtype)[1:]
-    y = torch.cat([torch.zeros_like(x[..., :1, :]), y], dim=-2)
-    c = torch.as_tensor(c, device=x.device)
-    c = c.to(x.dtype if c.is_complex() or c.is_floating_point() else x.real.dtype)
-    c = c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
-    return c * y
 
 
 def naive_predict_all(W_KQ: torch.Tensor, W_PV: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

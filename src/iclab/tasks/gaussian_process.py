@@ -55,9 +55,19 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from iclab.batches import PromptBatch
+from iclab.kernels import (
+    KernelSpec,
+    KernelTerm,
+    as_kernel_terms,
+    gp_covariance,
+    is_psd_kernel,
+    kernel_function,
+    raw_kernel64,
+)
 from iclab.registry import register_task
 from iclab.seeding import make_generator
 from iclab.tasks.ensemble_task import EnsembleTask
+from iclab.validation import FiniteFloat
 
 __all__ = [
     "GaussianProcessBatch",
@@ -70,96 +80,6 @@ __all__ = [
     "kernel_function",
 ]
 
-KernelName = Literal["linear", "relu", "exp"]
-
-
-class KernelTerm(BaseModel):
-    """One term ``weight · k(u, v)`` of a kernel; ``bandwidth`` is used by ``exp`` only."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: KernelName = Field(description="'linear', 'relu' or 'exp'")
-    weight: float = Field(1.0, gt=0.0, description="positive weight of the term")
-    bandwidth: float = Field(1.0, gt=0.0, description="h in exp(⟨u,v⟩/h)")
-
-    @field_validator("weight", "bandwidth")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be finite")
-        return v
-
-
-KernelSpec = str | KernelTerm | dict | Sequence[KernelTerm | dict | str]
-
-
-def as_kernel_terms(kernel: KernelSpec) -> list[KernelTerm]:
-    """Normalize a kernel spec (a name, a term, a dict, or a list of those) to a list of terms."""
-    if isinstance(kernel, (str, KernelTerm, dict)):
-        kernel = [kernel]
-    terms = []
-    for t in kernel:
-        if isinstance(t, KernelTerm):
-            terms.append(t)
-        elif isinstance(t, str):
-            terms.append(KernelTerm(name=t))  # type: ignore[arg-type]
-        elif isinstance(t, dict):
-            terms.append(KernelTerm(**t))
-        else:
-            raise ValueError(f"kernel: expected a name, a dict or a KernelTerm, got {t!r}")
-    if not terms:
-        raise ValueError("kernel: needs at least one term")
-    return terms
-
-
-def kernel_function(u: torch.Tensor, w: torch.Tensor, kernel: KernelSpec) -> torch.Tensor:
-    """Kernel matrix ``k(u_i, w_j)``: u (…, m, d), w (…, k, d) -> (…, m, k), in u's dtype."""
-    terms = as_kernel_terms(kernel)
-    g = u @ w.transpose(-1, -2)
-    out: torch.Tensor | None = None
-    for t in terms:
-        # unit weights / bandwidths skip a multiply / divide (bit-identical: both are exact)
-        if t.name == "linear":
-            k = g
-        elif t.name == "relu":
-            k = g.clamp_min(0)
-        else:
-            k = torch.exp(g if t.bandwidth == 1.0 else g / t.bandwidth)
-        if t.weight != 1.0:
-            k = t.weight * k
-        out = k if out is None else out + k
-    assert out is not None  # as_kernel_terms guarantees at least one term
-    return out
-
-
-def _is_psd_kernel(kernel: KernelSpec) -> bool:
-    """Whether the kernel is PSD by construction (every term is ``linear`` or ``exp``)."""
-    return all(t.name in ("linear", "exp") for t in as_kernel_terms(kernel))
-
-
-def _raw_kernel64(x_all: torch.Tensor, kernel: KernelSpec) -> torch.Tensor:
-    """The raw (unprojected) kernel matrix of ``x_all`` (…, N, d) in float64, symmetrized."""
-    x64 = x_all.to(torch.float64)
-    K = kernel_function(x64, x64, kernel)
-    return (K + K.transpose(-1, -2)).mul_(0.5)  # = (K + Kᵀ) / 2, one temporary fewer
-
-
-def gp_covariance(
-    x_all: torch.Tensor, kernel: KernelSpec, jitter: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The covariance actually used for the points ``x_all`` (…, N, d), in float64.
-
-    Returns ``(cov, eigenvalues, eigenvectors, min_eigenvalue)``: ``cov = K⁺ + jitter·I``
-    (…, N, N), the eigenvalues ``max(λ, 0) + jitter`` (…, N) and eigenvectors (…, N, N) of
-    ``cov``, and the raw smallest eigenvalue ``λ_min(K)`` (…) before clipping.
-    """
-    K = _raw_kernel64(x_all, kernel)
-    lam, V = torch.linalg.eigh(K)
-    lam_c = lam.clamp_min(0) + jitter
-    cov = (V * lam_c.unsqueeze(-2)) @ V.transpose(-1, -2)
-    cov = (cov + cov.transpose(-1, -2)) / 2
-    return cov, lam_c, V, lam[..., 0]
-
 
 def _draw_f(
     x_all: torch.Tensor, z: torch.Tensor, kernel: KernelSpec, jitter: float
@@ -168,10 +88,10 @@ def _draw_f(
 
     Returns ``(f, cov)`` in float64: ``f`` (…, N) and ``cov = Σ`` (…, N, N).
     """
-    K = _raw_kernel64(x_all, kernel)
+    K = raw_kernel64(x_all, kernel)
     # For a kernel that is not PSD by construction (relu), a prompt whose raw K factors is
     # numerically positive definite, so K⁺ = K there too; only the others need the projection.
-    not_pd = None if _is_psd_kernel(kernel) else torch.linalg.cholesky_ex(K)[1] != 0
+    not_pd = None if is_psd_kernel(kernel) else torch.linalg.cholesky_ex(K)[1] != 0
     cov = K
     cov.diagonal(dim1=-2, dim2=-1).add_(jitter)  # Σ = K + jitter·I where K⁺ = K
     L, info = torch.linalg.cholesky_ex(cov)
@@ -200,8 +120,8 @@ class GaussianProcessConfig(BaseModel):
         default_factory=lambda: [KernelTerm(name="exp")],
         description="kernel terms (summed); a single name such as 'exp' is accepted",
     )
-    jitter: float = Field(1e-6, ge=0.0, description="added to the diagonal of the covariance")
-    noise_std: float = Field(0.0, ge=0.0, description="label noise σ")
+    jitter: FiniteFloat = Field(1e-6, ge=0.0, description="added to the diagonal of the covariance")
+    noise_std: FiniteFloat = Field(0.0, ge=0.0, description="label noise σ")
 
     @field_validator("kernel", mode="before")
     @classmethod
@@ -212,13 +132,6 @@ class GaussianProcessConfig(BaseModel):
             if len(v) == 0:
                 raise ValueError("needs at least one term")
             return [{"name": t} if isinstance(t, str) else t for t in v]
-        return v
-
-    @field_validator("jitter", "noise_std")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be finite")
         return v
 
 
@@ -245,7 +158,7 @@ class GaussianProcessBatch(PromptBatch):
     def min_eigenvalue(self) -> torch.Tensor:
         """(E, B): λ_min of the raw kernel matrix K of all n+1 points, in the batch's dtype."""
         x_all = torch.cat([self.x, self.x_query.unsqueeze(-2)], dim=-2)
-        lam = torch.linalg.eigvalsh(_raw_kernel64(x_all, self.config.kernel))
+        lam = torch.linalg.eigvalsh(raw_kernel64(x_all, self.config.kernel))
         return lam[..., 0].to(self.x.dtype)
 
     @cached_property

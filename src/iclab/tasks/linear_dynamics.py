@@ -46,13 +46,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from iclab.batches import SequenceBatch
 from iclab.device import complex_dtype
 from iclab.registry import register_task
 from iclab.seeding import make_generator
 from iclab.tasks.ensemble_task import EnsembleTask
+from iclab.validation import FiniteFloat
 
 __all__ = [
     "LinearDynamicsBatch",
@@ -81,7 +82,7 @@ class LinearDynamicsConfig(BaseModel):
         description="law of W per sequence: 'complex_diagonal_unitary' (paper), "
         "'real_orthogonal' (Haar) or 'stable' (spectral radius spectral_radius)",
     )
-    spectral_radius: float = Field(
+    spectral_radius: FiniteFloat = Field(
         0.9, gt=0.0, lt=1.0, description="spectral radius ρ of 'stable' transitions, in (0, 1)"
     )
     x1: X1Law = Field(
@@ -89,15 +90,8 @@ class LinearDynamicsConfig(BaseModel):
         description="law of x_1: 'gaussian' N(0, σ²I), 'sparse' ±c·e_k, 'ones', or 'custom' "
         "(a sampler passed to the task)",
     )
-    sigma: float = Field(1.0, gt=0.0, description="σ of the Gaussian x_1 (> 0)")
-    c: float = Field(1.0, gt=0.0, description="magnitude c of the sparse x_1 = ±c·e_k (> 0)")
-
-    @field_validator("spectral_radius", "sigma", "c")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be finite")
-        return v
+    sigma: FiniteFloat = Field(1.0, gt=0.0, description="σ of the Gaussian x_1 (> 0)")
+    c: FiniteFloat = Field(1.0, gt=0.0, description="magnitude c of the sparse x_1 = ±c·e_k (> 0)")
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from iclab.batches import PromptBatch
+from iclab.matrix_functions import psd_sqrt
 from iclab.registry import register_task
 from iclab.seeding import make_generator
 from iclab.tasks.ensemble_task import EnsembleTask
+from iclab.validation import FiniteFloat
 
 PAPER_SPECTRUM_D5 = (1.0, 1.0, 0.5, 0.25, 1.0)
 Matrix = list[list[float]]
@@ -65,14 +67,7 @@ class LinearRegressionConfig(BaseModel):
     weight_prior: Literal["identity", "inverse_covariance"] | Matrix = Field(
         "identity", description="Σ_w: 'identity', 'inverse_covariance' (Σ⁻¹) or a matrix"
     )
-    noise_std: float = Field(0.0, ge=0.0, description="label noise σ")
-
-    @field_validator("noise_std")
-    @classmethod
-    def _finite_noise(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("noise_std must be finite")
-        return v
+    noise_std: FiniteFloat = Field(0.0, ge=0.0, description="label noise σ")
 
     @model_validator(mode="after")
     def _check(self) -> LinearRegressionConfig:
@@ -104,11 +99,6 @@ def rotated_covariance(
     u, _, _ = torch.linalg.svd(m)
     D = torch.tensor(list(spectrum), dtype=torch.float64)
     return (u * D**2) @ u.T
-
-
-def _psd_sqrt(m: torch.Tensor) -> torch.Tensor:
-    lam, v = torch.linalg.eigh(m)
-    return (v * lam.clamp_min(0).sqrt().unsqueeze(-2)) @ v.transpose(-1, -2)
 
 
 @dataclass(frozen=True)
@@ -156,8 +146,8 @@ class LinearRegressionTask(EnsembleTask):
         # float64 copies for theory; working-precision square roots for sampling
         self.covariance = cov
         self.weight_covariance = wcov.clone()
-        self._cov_sqrt = _psd_sqrt(cov).to(self.device, dtype)
-        self._wcov_sqrt = _psd_sqrt(wcov).to(self.device, dtype)
+        self._cov_sqrt = psd_sqrt(cov).to(self.device, dtype)
+        self._wcov_sqrt = psd_sqrt(wcov).to(self.device, dtype)
 
     def sample(self, batch_size: int, purpose: str, index: int = 0) -> LinearRegressionBatch:
         """Draw ``batch_size`` prompts per member from the stream ``(seed, purpose, index)``."""

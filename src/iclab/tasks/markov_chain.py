@@ -35,12 +35,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from iclab.batches import PromptBatch
 from iclab.registry import register_task
 from iclab.seeding import make_generator
 from iclab.tasks.ensemble_task import EnsembleTask
+from iclab.validation import FiniteFloat
 
 __all__ = ["MarkovChainBatch", "MarkovChainConfig", "MarkovChainTask", "sample_gamma"]
 
@@ -54,23 +55,16 @@ class MarkovChainConfig(BaseModel):
     d: int = Field(5, ge=1, description="x holds the first d states; chains have d+1 states")
     n: int = Field(10, ge=1, description="number of context chains per prompt")
     states: int = Field(2, ge=2, description="number of states |S| (≥ 2)")
-    initial_prob: float = Field(
+    initial_prob: FiniteFloat = Field(
         0.5, gt=0.0, lt=1.0, description="P(s_1 = 1) for binary chains, in (0, 1)"
     )
-    dirichlet_alpha: float = Field(
+    dirichlet_alpha: FiniteFloat = Field(
         1.0, gt=0.0, description="α of the Dirichlet(α·1) kernel rows, any |S| (> 0)"
     )
-    initial_correlation: float = Field(
+    initial_correlation: FiniteFloat = Field(
         0.0, ge=0.0, lt=1.0, description="ρ: probability that a chain starts at the shared s⁰"
     )
     mixture: int = Field(1, ge=1, description="kernels per prompt; each chain uses one of them")
-
-    @field_validator("initial_prob", "dirichlet_alpha", "initial_correlation")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be finite")
-        return v
 
 
 @dataclass(frozen=True)

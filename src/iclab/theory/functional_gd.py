@@ -36,8 +36,8 @@ from typing import Literal
 
 import torch
 
-from iclab.algorithms.conventions import check_prompts
-from iclab.tasks.gaussian_process import KernelSpec, gp_covariance, kernel_function
+from iclab.kernels import KernelSpec, gp_covariance, kernel_function
+from iclab.prompt_shapes import check_prompts
 
 __all__ = ["functional_gd_weights", "gp_expected_loss", "gp_posterior_mean", "kernel_ridge"]
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from iclab.algorithms.conventions import check_prompts
+from iclab.prompt_shapes import check_prompts
 
 __all__ = ["MarkovBayes", "markov_bayes", "markov_posterior_predictive", "transition_counts"]
 

@@ -38,6 +38,7 @@ import torch
 
 import iclab
 from iclab import registry
+from iclab.atomic_io import atomic_write_json, atomic_write_text
 from iclab.config import ConfigError, RunConfig, dump_config, load_config
 from iclab.device import resolve_device, resolve_dtype
 from iclab.models import EnsembleModel
@@ -99,7 +100,7 @@ def _prepare_run_dir(config: RunConfig, run_dir: Path, overwrite: bool) -> None:
         for name in (io.CHECKPOINT, io.MODEL, io.METRICS, io.RUN_INFO):
             (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    io.atomic_write_text(cfg_path, dump_config(config))
+    atomic_write_text(cfg_path, dump_config(config))
 
 
 def train(
@@ -191,7 +192,7 @@ def train(
         "resumed_from_step": start,
     }
     if run_dir is not None:
-        io.atomic_write_json(run_dir / io.RUN_INFO, info)
+        atomic_write_json(run_dir / io.RUN_INFO, info)
 
     last_checkpoint = start if (run_dir is not None and start > 0) else None
 
@@ -227,9 +228,7 @@ def train(
             "Try a smaller train.lr, a schedule with warm-up, or train.clip.mode=global."
         )
         if run_dir is not None:
-            io.atomic_write_json(
-                run_dir / io.RUN_INFO, {**info, "status": "diverged", "message": msg}
-            )
+            atomic_write_json(run_dir / io.RUN_INFO, {**info, "status": "diverged", "message": msg})
         return TrainingDiverged(msg)
 
     prior_wall = float(metrics[-1].get("wall_s", 0.0)) if metrics else 0.0
@@ -340,7 +339,7 @@ def train(
         meta = {"step": total, "config": config.to_dict()}
         io.save_tensors(run_dir / io.MODEL, dict(model.state_dict()), meta)
         io.write_metrics(run_dir / io.METRICS, metrics)
-        io.atomic_write_json(run_dir / io.RUN_INFO, info)
+        atomic_write_json(run_dir / io.RUN_INFO, info)
     return TrainResult(config, model, task, metrics, run_dir, total_wall, steps_run, info)
 
 

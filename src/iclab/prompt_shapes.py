@@ -1,4 +1,4 @@
-"""Shared conventions of iclab's batched algorithms.
+"""Shape conventions of batched prompts, shared by the theory and the algorithms.
 
 Every algorithm takes prompts with a leading ensemble dimension, ``x`` (E, B, n, d), ``y``
 (E, B, n), ``x_query`` (E, B, d), and per-ensemble parameters whose ensemble axis is E or 1.
