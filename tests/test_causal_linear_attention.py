@@ -13,7 +13,7 @@ from iclab.models.causal_linear_attention import (
     tokens,
 )
 from iclab.tasks.linear_dynamics import LinearDynamicsConfig, LinearDynamicsTask
-from iclab.theory.mesa_optimizer import mesa_optimizer_prediction
+from iclab.theory.linear_dynamics.mesa_optimizer import mesa_optimizer_prediction
 
 F64 = torch.float64
 

@@ -100,7 +100,7 @@ def test_kinds_lists_every_registered_kind_with_its_pairs(capsys):
 
 
 def test_theory_mesa_prints_the_limit_of_ab(capsys):
-    from iclab.theory.mesa_optimizer import harmonic_number
+    from iclab.theory.linear_dynamics.mesa_optimizer import harmonic_number
 
     assert main(["theory", "mesa", "--d", "5", "--T", "100"]) == 0
     out = capsys.readouterr().out

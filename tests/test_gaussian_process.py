@@ -14,7 +14,11 @@ from iclab.tasks.gaussian_process import (
     gp_covariance,
     kernel_function,
 )
-from iclab.theory.functional_gd import gp_expected_loss, gp_posterior_mean, kernel_ridge
+from iclab.theory.gaussian_process.functional_gd import (
+    gp_expected_loss,
+    gp_posterior_mean,
+    kernel_ridge,
+)
 
 
 def _task(seeds=(0, 1), **kw):

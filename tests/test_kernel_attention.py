@@ -13,7 +13,7 @@ from iclab.algorithms.kernel_methods import (
 )
 from iclab.models.kernel_attention import KernelAttention, KernelAttentionConfig
 from iclab.tasks.gaussian_process import GaussianProcessConfig, GaussianProcessTask
-from iclab.theory.functional_gd import functional_gd_weights, gp_posterior_mean
+from iclab.theory.gaussian_process.functional_gd import functional_gd_weights, gp_posterior_mean
 
 ACTIVATIONS = ["linear", "relu", "exp", "softmax"]
 

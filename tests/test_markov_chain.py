@@ -9,7 +9,7 @@ import torch
 from pydantic import ValidationError
 
 from iclab.tasks.markov_chain import MarkovChainConfig, MarkovChainTask, sample_gamma
-from iclab.theory.markov_bayes import (
+from iclab.theory.markov_chain.bayes import (
     markov_bayes,
     markov_posterior_predictive,
     transition_counts,

@@ -6,7 +6,7 @@ import torch
 
 from iclab.models import LinearSelfAttention, LSAConfig
 from iclab.tasks.markov_chain import MarkovChainConfig, MarkovChainTask
-from iclab.theory.markov_multilayer import cubic_objective, label_row_reading, square_loss
+from iclab.theory.markov_chain.multilayer import cubic_objective, label_row_reading, square_loss
 
 
 def _setup(layers=3, heads=2, d=4, n=7, seeds=(0, 1)):

@@ -10,10 +10,7 @@ import torch
 
 from iclab.models.lsa import LinearSelfAttention, LSAConfig
 from iclab.tasks.markov_chain import MarkovChainConfig, MarkovChainTask
-from iclab.theory.markov_one_layer import (
-    _column_factors,
-    _design,
-    _profile,
+from iclab.theory.markov_chain import (
     column_matrices,
     global_gap_bounds,
     gram_features,
@@ -27,6 +24,8 @@ from iclab.theory.markov_one_layer import (
     realize_d1,
     recover_parameters,
 )
+from iclab.theory.markov_chain.one_layer import _design
+from iclab.theory.markov_chain.realizability import _column_factors, _profile
 
 F64 = torch.float64
 

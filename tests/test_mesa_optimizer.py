@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from iclab.theory.mesa_optimizer import (
+from iclab.theory.linear_dynamics.mesa_optimizer import (
     X1Moments,
     harmonic_number,
     limit_ab,

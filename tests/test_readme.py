@@ -27,3 +27,18 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     test_loss = torch.tensor(result.metrics[-1]["test_loss"], dtype=torch.float64)
     assert (test_loss > 0.9 * ns["f_star"]).all()
     assert "relative error of A" in capsys.readouterr().out
+
+
+def test_docs_getting_started_example_runs(tmp_path, monkeypatch):
+    index = README.parent / "docs" / "index.md"
+    blocks = re.findall(r"```python\n(.*?)```", index.read_text(), re.S)
+    assert len(blocks) == 1
+    code = blocks[0]
+    assert "train.steps=300" in code
+    code = code.replace("train.steps=300", "train.steps=10")
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(code, str(index), "exec"), ns)
+    result = ns["result"]
+    assert result.info["status"] == "completed" and len(result.metrics[-1]["test_loss"]) == 2
+    assert (tmp_path / "runs" / "one_layer" / "model.safetensors").is_file()

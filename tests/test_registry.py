@@ -143,3 +143,42 @@ def test_the_trainer_knows_no_model_by_name_or_by_probing():
     assert not probes, "the trainer must use the model contract, not hasattr"
     for kind in [*registry.MODELS, *registry.TASKS]:
         assert f'"{kind}"' not in source
+
+
+def test_papers_are_found_by_module_name_without_importing_them():
+    import subprocess
+    import sys
+
+    from iclab.experiments import EXPERIMENTS
+
+    probe = (
+        "import sys; from iclab.experiments import EXPERIMENTS; "
+        "print(any(m in sys.modules for _, m in EXPERIMENTS.values()))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+    assert sorted(EXPERIMENTS) == ["ahn2023", "cheng2024", "ding2025", "zheng2024"]
+    assert all(
+        desc and module == f"iclab.experiments.{name}"
+        for name, (desc, module) in EXPERIMENTS.items()
+    )
+    # helper modules (ding2025_transformers) are not papers, and listing imports no paper
+    assert "ding2025_transformers" not in EXPERIMENTS
+
+
+def test_every_task_and_model_module_registers_on_import():
+    from iclab import models, tasks
+
+    assert {"linear_regression", "gaussian_process", "markov_chain", "linear_dynamics"} <= set(
+        registry.TASKS
+    )
+    assert {"lsa", "kernel_attention", "softmax_transformer", "causal_linear_attention"} <= set(
+        registry.MODELS
+    )
+    for kind in registry.TASKS.values():
+        if kind.builder.__module__.startswith("iclab."):
+            assert kind.builder.__module__.startswith(tasks.__name__)
+    for kind in registry.MODELS.values():
+        if kind.builder.__module__.startswith("iclab."):
+            assert kind.builder.__module__.startswith(models.__name__)

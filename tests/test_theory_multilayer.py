@@ -19,7 +19,7 @@ from iclab.theory import (
     pgd_class_sample_losses,
     wishart_eigenvalues,
 )
-from iclab.theory.multilayer import _gauss2_compress
+from iclab.theory.linear_regression.multilayer import _gauss2_compress
 
 F64 = torch.float64
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from iclab.theory import best_pgd_scalars, pgd_class_loss, pgd_class_matrices, wishart_eigenvalues
-from iclab.theory.multilayer import _phi
-from iclab.theory.pgd_critical_points import (
+from iclab.theory.linear_regression.critical_points import (
     critical_point_near,
     nearest_critical_point,
     pgd_critical_points,
     project_to_class,
 )
+from iclab.theory.linear_regression.multilayer import _phi
 
 F64 = torch.float64
 

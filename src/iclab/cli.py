@@ -218,7 +218,7 @@ def _theory_functional_gd(args: argparse.Namespace) -> int:
 def _theory_markov_one_layer(args: argparse.Namespace) -> int:
     import torch
 
-    from iclab.theory.markov_one_layer import (
+    from iclab.theory.markov_chain import (
         non_realizability_certificate,
         one_layer_optimum_d1,
         one_layer_optimum_exact,
@@ -251,7 +251,7 @@ def _theory_markov_one_layer(args: argparse.Namespace) -> int:
 def _theory_mesa(args: argparse.Namespace) -> int:
     import math
 
-    from iclab.theory.mesa_optimizer import (
+    from iclab.theory.linear_dynamics.mesa_optimizer import (
         limit_ab,
         predicted_mean_ratio,
         recovers_sequence,

@@ -65,6 +65,8 @@ from iclab.theory import (
 )
 from iclab.training import TrainResult
 
+DESCRIPTION = "Ahn, Cheng, Daneshmand & Sra (NeurIPS 2023): transformers learn preconditioned GD"
+
 TITLE = "Ahn et al. (2023): transformers learn to implement preconditioned gradient descent"
 
 # Optimization tolerances (stated in every threshold): how far a finite training run may stay

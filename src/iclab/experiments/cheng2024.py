@@ -60,6 +60,8 @@ from iclab.tasks.gaussian_process import GaussianProcessConfig, GaussianProcessT
 from iclab.theory import gp_expected_loss
 from iclab.training import TrainResult
 
+DESCRIPTION = "Cheng, Chen & Sra (ICML 2024): transformers implement functional gradient descent"
+
 KERNELS = ("linear", "relu", "exp")
 ACTIVATIONS = ("linear", "relu", "exp", "softmax")
 TWO_HEAD = "exp+linear"

@@ -50,9 +50,7 @@ from iclab.analysis.report import ReportRow, Tolerance, claim, compare, standard
 from iclab.experiments import ding2025_transformers as dt
 from iclab.experiments.experiment import Context, Experiment, Run, configure
 from iclab.tasks.markov_chain import MarkovChainTask
-from iclab.theory.markov_bayes import markov_bayes
-from iclab.theory.markov_multilayer import label_row_reading
-from iclab.theory.markov_one_layer import (
+from iclab.theory.markov_chain import (
     global_gap_bounds,
     non_realizability_certificate,
     one_layer_optimum_d1,
@@ -61,7 +59,13 @@ from iclab.theory.markov_one_layer import (
     realizable_d1,
     recover_parameters,
 )
+from iclab.theory.markov_chain.bayes import markov_bayes
+from iclab.theory.markov_chain.multilayer import label_row_reading
 from iclab.training import TrainResult
+
+DESCRIPTION = (
+    "Ding, Lu, Lu, Nowicki & Gao (NeurIPS 2025): optimality and NP-hardness on Markov chains"
+)
 
 __all__ = ["EXPERIMENT", "FULL", "QUICK", "Budget", "Ding2025"]
 
@@ -659,7 +663,7 @@ def _part_f(ctx: Context[Budget], ledger: BayesLedger) -> list[ReportRow]:
         "## (f) Multi-layer reading\n\nEvery layer of a label_row LSA moves all label slots by "
         "x_mᵀv_ℓ, so the query's prediction after ℓ layers is x_qᵀw_ℓ with "
         "w_ℓ+1 = w_ℓ − Γ_ℓ∇R(w_ℓ) + c_ℓ + 2R(w_ℓ)Σ_h γ_h α_h (derivation and proofs in "
-        "`iclab.theory.markov_multilayer`): a preconditioned gradient step on the square loss "
+        "`iclab.theory.markov_chain.multilayer`): a preconditioned gradient step on the square loss "
         "plus a linear term, J₁ = R + pᵀw, and a rank-one preconditioned step on a cubic J₂. "
         "The paper's single 'cubic penalty' holds only with its own rank-one preconditioner.\n\n"
         "**iclab's question, not the paper's claim**: is each step a *descent* step, i.e. is "

@@ -10,7 +10,7 @@ on the state value on Markov-chain prompts (d = 5, ``n_train`` = 20 context chai
   paper's |S|-state variant;
 - ``initial_prob = 0.5`` and ``initial_correlation = 0``: the first state is a fair coin (uniform
   for |S| > 2) independent of the kernel and across chains, so starts carry no information and
-  the closed-form Bayes predictor (:func:`~iclab.theory.markov_bayes.markov_posterior_predictive`,
+  the closed-form Bayes predictor (:func:`~iclab.theory.markov_chain.bayes.markov_posterior_predictive`,
   one kernel per prompt) is exactly the ceiling;
 - ``mixture = 1``: one kernel per prompt, as in the paper's main experiments.
 
@@ -68,7 +68,7 @@ from iclab.analysis.metrics import bootstrap_ci, mean_std
 from iclab.analysis.report import ReportRow, Tolerance, claim, compare, standard_error
 from iclab.config import RunConfig, make_config
 from iclab.experiments.experiment import Run, RunSet, train_runs
-from iclab.theory.markov_bayes import markov_posterior_predictive
+from iclab.theory.markov_chain.bayes import markov_posterior_predictive
 from iclab.training import TrainResult
 
 __all__ = [

@@ -1,36 +1,44 @@
 """``iclab reproduce NAME``: the registry of paper reproductions.
 
-Each entry names the module that defines the paper's :class:`~iclab.experiments.experiment.
-Experiment` as ``EXPERIMENT`` (imported on first use, so ``iclab --help`` stays fast).
+A paper is one module of this package named ``<author><year>.py`` (e.g. ``ahn2023.py``) that
+defines its :class:`~iclab.experiments.experiment.Experiment` as ``EXPERIMENT`` and a one-line
+``DESCRIPTION``. The registry finds them by name and reads ``DESCRIPTION`` from the source, so
+``iclab --help`` lists the papers without importing them; a module is imported on first use.
+Adding a paper is adding its module.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
+import re
 from pathlib import Path
 
 from iclab.analysis.report import ReportRow
 from iclab.experiments.experiment import Experiment, run_experiment
 
-EXPERIMENTS: dict[str, tuple[str, str]] = {
-    "ahn2023": (
-        "Ahn, Cheng, Daneshmand & Sra (NeurIPS 2023): transformers learn preconditioned GD",
-        "iclab.experiments.ahn2023",
-    ),
-    "cheng2024": (
-        "Cheng, Chen & Sra (ICML 2024): transformers implement functional gradient descent",
-        "iclab.experiments.cheng2024",
-    ),
-    "ding2025": (
-        "Ding, Lu, Lu, Nowicki & Gao (NeurIPS 2025): optimality and NP-hardness on Markov chains",
-        "iclab.experiments.ding2025",
-    ),
-    "zheng2024": (
-        "Zheng, Huang, Wang, Wu, Zhu & Li (NeurIPS 2024): mesa-optimization in autoregressive "
-        "linear attention",
-        "iclab.experiments.zheng2024",
-    ),
-}
+_PAPER_MODULE = re.compile(r"^[a-z]+\d{4}$")
+
+
+def _description(path: Path) -> str:
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "DESCRIPTION" for t in node.targets
+        ):
+            return str(ast.literal_eval(node.value))
+    raise RuntimeError(f"{path.name}: a paper module needs DESCRIPTION = '...'")
+
+
+def _discover() -> dict[str, tuple[str, str]]:
+    here = Path(__file__).parent
+    return {
+        p.stem: (_description(p), f"iclab.experiments.{p.stem}")
+        for p in sorted(here.glob("*.py"))
+        if _PAPER_MODULE.match(p.stem)
+    }
+
+
+EXPERIMENTS: dict[str, tuple[str, str]] = _discover()
 
 
 def get_experiment(name: str) -> Experiment:

@@ -9,8 +9,8 @@ The paper's claims and how each is tested:
 - **ab → c*.** From the diagonal initialization ``W^{KQ}_{21} = a0·I``, ``W^{PV}_{11} = b0·I``
   gradient flow on the population loss keeps the form ``{a·I, b·I}`` and the product ab tends
   to the minimizer c* of the diagonal model's population loss
-  (:func:`iclab.theory.mesa_optimizer.limit_ab`). A training set of m sequences has its own
-  minimizer c_opt (:func:`~iclab.theory.mesa_optimizer.optimal_ab_from_sequences`), which
+  (:func:`iclab.theory.linear_dynamics.mesa_optimizer.limit_ab`). A training set of m sequences has its own
+  minimizer c_opt (:func:`~iclab.theory.linear_dynamics.mesa_optimizer.optimal_ab_from_sequences`), which
   scatters around c* with a sampling error SE(c_opt) ∝ 1/√m (0 for sparse x_1, where every
   sequence gives 1/c²). Rows: the trained ab against c* within 3 SE (the larger of SE(c_opt) at
   the m used and the seed spread) plus a 2% optimization tolerance, for each init, and only
@@ -52,13 +52,15 @@ from iclab.analysis.report import Tolerance, check, compare
 from iclab.experiments.experiment import Context, Experiment, Run, configure
 from iclab.models.causal_linear_attention import CausalLinearAttention, CausalLinearAttentionConfig
 from iclab.tasks.linear_dynamics import LinearDynamicsConfig, LinearDynamicsTask
-from iclab.theory.mesa_optimizer import (
+from iclab.theory.linear_dynamics.mesa_optimizer import (
     limit_ab,
     mesa_optimizer_prediction,
     optimal_ab_from_sequences,
     x1_moments,
 )
 from iclab.training import TrainResult
+
+DESCRIPTION = "Zheng, Huang, Wang, Wu, Zhu & Li (NeurIPS 2024): mesa-optimization in autoregressive linear attention"
 
 TITLE = "Zheng et al. (2024): mesa-optimization in autoregressively trained linear attention"
 D = 5

@@ -28,3 +28,16 @@ __all__ = [
     "TokenRowModel",
     "mse_per_member",
 ]
+
+
+def _register_every_module() -> None:
+    """Import every module of the package, so that each one's ``@register_model`` runs: adding a
+    kind is adding its module."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+_register_every_module()

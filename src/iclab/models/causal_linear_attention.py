@@ -16,7 +16,7 @@ initialization ``W^{KQ}_{21} = a·I``, ``W^{PV}_{11} = b·I`` (all else 0) gives
 ``W^{KQ} e_t = [0; a x_t]``, ``E_t E_tᴴ [0; a x_t] = a Σ_{i≤t} e_i (x_{i−1}ᴴ x_t)`` and then
 ``W^{PV}`` keeps the top half: ``ŷ_t = (ab/(t−1)) Σ_{i≤t} x_i x_{i−1}ᴴ x_t
 = (ab/(t−1)) Σ_{i<t} x_{i+1} x_iᴴ x_t`` — one GD step from 0 on the in-context OLS
-(:func:`iclab.theory.mesa_optimizer.mesa_optimizer_prediction`), tested equal to 1e-10 in
+(:func:`iclab.theory.linear_dynamics.mesa_optimizer.mesa_optimizer_prediction`), tested equal to 1e-10 in
 float64.
 
 **Computation (exact, O(T·d²) per sequence, no T×T matrix).** ``C_t = E_t E_tᴴ = Σ_{i≤t} e_i e_iᴴ``

@@ -28,7 +28,7 @@ Parametrizations:
   the first d columns ``A`` of ``Q`` (``query_columns``, (d+1)×d) are trainable, the rest is 0.
   Only label slots move and the query's zero label never enters a score, so one layer predicts
   ``ŷ = s · bᵀ G A x_q`` with ``G = (1/n) Σ_i z_i z_iᵀ`` — the sparse one-layer form whose
-  reparametrization :mod:`iclab.theory.markov_one_layer` studies. One ``full`` layer has the same
+  reparametrization :mod:`iclab.theory.markov_chain` studies. One ``full`` layer has the same
   function class (its other entries of P and Q never reach the query's label slot). For L > 1
   it is iclab's reading of the paper's multi-layer subspace (we do not have the
   paper's Eq. 11 in full): every layer moves the label slots only, ``y_m ← y_m + b_ℓᵀ G_ℓ A_ℓ x_m`` for every

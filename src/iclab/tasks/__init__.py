@@ -44,3 +44,16 @@ __all__ = [
     "kernel_function",
     "rotated_covariance",
 ]
+
+
+def _register_every_module() -> None:
+    """Import every module of the package, so that each one's ``@register_task`` runs: adding a
+    kind is adding its module."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+_register_every_module()

@@ -22,7 +22,7 @@ PSD matrix), computed per prompt over all n+1 points jointly (query last). For P
 and the clipped negative mass ``psd_violation = max(0, −λ_min(K))`` per prompt, so users can see
 when (and by how much) the projection changed the kernel. ``kernel_matrix`` holds ``Σ``, the
 covariance of ``f`` actually used; the labels' covariance is ``Σ + σ² I``. The Bayes-optimal
-predictor for these data is :func:`iclab.theory.functional_gd.gp_posterior_mean`, which uses the
+predictor for these data is :func:`iclab.theory.gaussian_process.functional_gd.gp_posterior_mean`, which uses the
 same ``Σ``.
 
 **Sampling.** The kernel and its factorization are computed in float64 and ``f`` is cast to the

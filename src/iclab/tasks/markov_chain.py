@@ -21,7 +21,7 @@ whole chain: ``x = (s_1, …, s_d)`` (the states as floats) and ``y = s_{d+1}``;
 
 The sampled kernels travel with the prompts (``kernels`` (E, B, k, S, S), rows sum to 1, and
 ``assignments`` (E, B, n+1), query last), so the Bayes predictor
-(:mod:`iclab.theory.markov_bayes`) and any analysis can use the ground truth. Dirichlet rows come
+(:mod:`iclab.theory.markov_chain.bayes`) and any analysis can use the ground truth. Dirichlet rows come
 from Marsaglia–Tsang gamma draws on the member's own generator, so every draw is keyed by
 ``(seed, purpose, index)``: member e of an ensemble sees exactly what a single run with its seed
 sees, on any device.

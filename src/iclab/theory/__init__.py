@@ -1,25 +1,40 @@
-"""Closed-form and semi-analytic theory (pure float64 functions of distribution parameters).
+"""Closed-form and semi-analytic theory: pure float64 functions of distribution parameters, laid
+out like the tasks, one sub-package per task family.
 
-- :mod:`iclab.theory.one_layer`: exact one-layer (one preconditioned GD step) population loss,
-  its optimal preconditioner and optimal loss (Ahn et al. Theorem 1, any Σ, Σ_w, noise).
-- :mod:`iclab.theory.multilayer`: best scalars of the sparse / PGD critical-point classes of
-  Ahn et al. Theorems 3–4 (Σ_w = Σ⁻¹) via the Wishart-eigenvalue reduction.
-- :mod:`iclab.theory.pgd_critical_points`: all critical points (minima and saddles) of that PGD
-  class, the one a trained model reached, and the projection of trained matrices onto the class.
-- :mod:`iclab.theory.constructions`: LSA weights that make the model equal PGD / GD++ exactly.
+- :mod:`iclab.theory.linear_regression` (Ahn et al. 2023): the exact one-layer loss and its optimum
+  (``one_layer``), the PGD class of L layers by the Wishart-eigenvalue reduction (``multilayer``),
+  its critical points (``critical_points``) and LSA weights that implement PGD / GD++
+  (``constructions``).
+- :mod:`iclab.theory.gaussian_process` (Cheng et al. 2024): the GP posterior mean and Bayes risk,
+  kernel ridge and the weights that implement functional GD (``functional_gd``).
+- :mod:`iclab.theory.markov_chain` (Ding et al. 2025): the Bayes predictor (``bayes``), the convex
+  optimum of one layer (``one_layer``), its realizability (``realizability``) and the multi-layer
+  recursion (``multilayer``).
+- :mod:`iclab.theory.linear_dynamics` (Zheng et al. 2024): the mesa-optimizer, the limit c* of
+  the trained ab and the recovery condition (``mesa_optimizer``).
 
 Conventions: ``A`` is the GD preconditioner (one sparse layer predicts ``x_qᵀ A (1/n) Xᵀ y``);
-loss is the mean squared error without 1/2; see each module's docstring.
+loss is the mean squared error without 1/2; see each module's docstring. The names most used by
+the experiments are re-exported here.
 """
 
-from iclab.theory.constructions import gd_plus_plus_weights, preconditioned_gd_weights
-from iclab.theory.functional_gd import (
+from iclab.theory.gaussian_process.functional_gd import (
     functional_gd_weights,
     gp_expected_loss,
     gp_posterior_mean,
     kernel_ridge,
 )
-from iclab.theory.multilayer import (
+from iclab.theory.linear_regression.constructions import (
+    gd_plus_plus_weights,
+    preconditioned_gd_weights,
+)
+from iclab.theory.linear_regression.critical_points import (
+    CriticalPoint,
+    critical_point_near,
+    pgd_critical_points,
+    project_to_class,
+)
+from iclab.theory.linear_regression.multilayer import (
     PGDScalars,
     best_pgd_scalars,
     pgd_class_loss,
@@ -27,17 +42,11 @@ from iclab.theory.multilayer import (
     pgd_class_sample_losses,
     wishart_eigenvalues,
 )
-from iclab.theory.one_layer import (
+from iclab.theory.linear_regression.one_layer import (
     one_layer_population_loss,
     one_layer_second_moment,
     optimal_one_layer_loss,
     preconditioner_optimum,
-)
-from iclab.theory.pgd_critical_points import (
-    CriticalPoint,
-    critical_point_near,
-    pgd_critical_points,
-    project_to_class,
 )
 
 __all__ = [

@@ -55,7 +55,7 @@ def _check_readout(readout: str, layers: int) -> None:
     if readout == "positive" and layers > 1:
         raise ValueError(
             "readout='positive': exact L-step preconditioned GD is only constructible for L = 1 "
-            "(the query's label slot tracks −x_qᵀ w; see iclab.theory.constructions)"
+            "(the query's label slot tracks −x_qᵀ w; see iclab.theory.linear_regression.constructions)"
         )
 
 

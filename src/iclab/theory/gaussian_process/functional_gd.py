@@ -17,7 +17,7 @@ query slot 0:
   context slots become ``Π (I + v_ℓ W) y`` while functional GD needs ``Π (I − η_ℓ W) y`` in the
   later steps; matching ``Σ_ℓ v_ℓ Π_{k<ℓ}(1 + v_k t) = Σ_ℓ η_ℓ Π_{k<ℓ}(1 − η_k t)`` as polynomials
   in ``t`` forces ``Π(1 + v t) = 2 − Π(1 − η t)``, whose roots are not real in general (the
-  same obstruction as :mod:`iclab.theory.constructions`), so it raises ``ValueError``.
+  same obstruction as :mod:`iclab.theory.linear_regression.constructions`), so it raises ``ValueError``.
 
 **Bayes predictor.** For the data of :class:`~iclab.tasks.gaussian_process.GaussianProcessTask`
 (``f ~ N(0, Σ)`` on the n+1 points with ``Σ = K⁺ + jitter·I``, ``y = f + ε``,
@@ -80,7 +80,7 @@ def functional_gd_weights(
     if readout == "positive" and layers > 1:
         raise ValueError(
             "readout='positive': exact functional GD is only constructible for L = 1 "
-            "(see iclab.theory.functional_gd)"
+            "(see iclab.theory.gaussian_process.functional_gd)"
         )
     E = eta.shape[0]
     s = -1.0 if readout == "negative" else 1.0

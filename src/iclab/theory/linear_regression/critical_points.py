@@ -2,9 +2,9 @@
 
 The class is ``A_ℓ = a_ℓ Σ⁻¹``, ``B_ℓ = b_ℓ I`` (``Σ_w = Σ⁻¹``, negative readout); its population
 loss is a smooth function of ``θ = (a_1..a_L, c_1..c_{L−1})`` with ``c_ℓ = a_ℓ b_ℓ``, estimated by
-Monte Carlo over Wishart eigenvalues exactly as in :mod:`iclab.theory.multilayer` (same sample,
+Monte Carlo over Wishart eigenvalues exactly as in :mod:`iclab.theory.linear_regression.multilayer` (same sample,
 same reduction). That function is not convex: besides the minimum returned by
-:func:`~iclab.theory.multilayer.best_pgd_scalars` it has other stationary points (local minima
+:func:`~iclab.theory.linear_regression.multilayer.best_pgd_scalars` it has other stationary points (local minima
 and saddles), and gradient-based training inside or near the class can stop at one of them.
 At ``Σ = I``, ``L = 3`` for instance the 3-layer model trained with Adam by the paper's authors
 ends near ``a ≈ (0.71, 2.65, 7.1)``, ``b ≈ (0.34, 0.34)`` with loss ≈ 1.3e-3, while the best point
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from iclab.seeding import make_generator
-from iclab.theory.multilayer import (
+from iclab.theory.linear_regression.multilayer import (
     _gauss2_compress,
     _initial_points,
     _levenberg_marquardt,
