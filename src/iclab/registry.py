@@ -18,7 +18,9 @@ Builders: a task class is called as ``Task(config, seeds, device=, dtype=)``; a 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -124,3 +126,10 @@ def check_pair(task: str, model: str) -> None:
             f"task.kind {task!r} samples {t.batch.__name__} but model.kind {model!r} reads "
             f"{wanted}; models for {task!r}: {compatible_models(task)}"
         )
+
+
+def import_all_modules(package: str, path: Iterable[str]) -> None:
+    """Import every module of ``package`` (found on ``path``, the package's ``__path__``), so
+    that the decorators of each register its kinds."""
+    for info in pkgutil.iter_modules(path):
+        importlib.import_module(f"{package}.{info.name}")

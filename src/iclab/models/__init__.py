@@ -12,6 +12,7 @@ from iclab.models.softmax_transformer import (
     SoftmaxTransformer,
     SoftmaxTransformerConfig,
 )
+from iclab.registry import import_all_modules
 
 __all__ = [
     "SIZE_PRESETS",
@@ -30,14 +31,6 @@ __all__ = [
 ]
 
 
-def _register_every_module() -> None:
-    """Import every module of the package, so that each one's ``@register_model`` runs: adding a
-    kind is adding its module."""
-    import importlib
-    import pkgutil
-
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
-
-
-_register_every_module()
+# import every module of the package, so that each one's @register_model runs: adding a kind is
+# adding its module
+import_all_modules(__name__, __path__)

@@ -1,6 +1,7 @@
 """Samplers of random in-context-learning problem instances."""
 
 from iclab.batches import PromptBatch, SequenceBatch
+from iclab.registry import import_all_modules
 from iclab.tasks.ensemble_task import EnsembleTask
 from iclab.tasks.gaussian_process import (
     GaussianProcessBatch,
@@ -46,14 +47,6 @@ __all__ = [
 ]
 
 
-def _register_every_module() -> None:
-    """Import every module of the package, so that each one's ``@register_task`` runs: adding a
-    kind is adding its module."""
-    import importlib
-    import pkgutil
-
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
-
-
-_register_every_module()
+# import every module of the package, so that each one's @register_task runs: adding a kind is
+# adding its module
+import_all_modules(__name__, __path__)
