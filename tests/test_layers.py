@@ -17,6 +17,7 @@ FLOORS = [
         "registry",
         "kernels",
         "prompt_shapes",
+        "strict_yaml",
     },
     {"tasks", "models"},  # siblings: neither imports the other
     {"theory"},

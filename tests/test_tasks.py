@@ -66,7 +66,7 @@ def test_label_noise_variance():
         ({"d": 0}, "task.d"),
         ({"noise_std": -1.0}, "task.noise_std"),
         ({"d": 2, "covariance": [[1.0, 0.0], [0.0, -1.0]]}, "positive semi-definite"),
-        ({"d": 2, "covariance": [[1.0, float("nan")], [0.0, 1.0]]}, "NaN"),
+        ({"d": 2, "covariance": [[1.0, float("nan")], [0.0, 1.0]]}, "finite number"),
         ({"d": 2, "covariance": [[1.0, 0.5], [0.0, 1.0]]}, "symmetric"),
         ({"d": 2, "covariance": [[1.0, 0.0, 0.0]]}, "2x2"),
         ({"d": 2, "weight_prior": [[1.0, 0.0], [0.0, float("inf")]]}, "weight_prior"),

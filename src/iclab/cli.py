@@ -51,13 +51,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.set)
     if args.device:
         overrides.append(f"device={args.device}")
-    config = load_config(args.config, overrides)
+    source = args.config
+    if source is None:
+        if args.resume_from is None:
+            raise ConfigError("config: name a preset or a YAML file (or give --resume-from DIR)")
+        source = str(Path(args.resume_from) / "config.yaml")
+    config = load_config(source, overrides)
     res = train(
         config,
         args.out,
         resume=not args.no_resume,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        resume_from=args.resume_from,
     )
     last = res.metrics[-1]
     print(
@@ -296,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the Python traceback of an error instead of one line",
+    )
+    p.add_argument(
         "--import",
         dest="imports",
         action="append",
@@ -335,13 +346,29 @@ def build_parser() -> argparse.ArgumentParser:
         "gets config.yaml, metrics.jsonl, safetensors checkpoints and run.json; "
         "running the same command again resumes from the last checkpoint.",
     )
-    s.add_argument("config", help="preset name (see 'iclab presets') or path to a YAML file")
-    s.add_argument("--out", required=True, help="run folder to write (created if missing)")
+    s.add_argument(
+        "config",
+        nargs="?",
+        help="preset name (see 'iclab presets') or path to a YAML file (default with "
+        "--resume-from: the parent run's config.yaml)",
+    )
+    s.add_argument(
+        "--out",
+        required=True,
+        help="run folder to write (created if missing; an existing one must be an iclab run)",
+    )
     s.add_argument("--set", **setopt)
     s.add_argument("--device", help="override the device: auto, cpu, cuda, cuda:1 …")
     s.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
     s.add_argument(
         "--no-resume", action="store_true", help="start from step 0 even if a checkpoint exists"
+    )
+    s.add_argument(
+        "--resume-from",
+        metavar="DIR",
+        help="continue another run (e.g. a diverged one) from its last good checkpoint into the "
+        "new folder --out, with the settings given here (e.g. --set train.lr=1e-4); the new "
+        "run records DIR as its parent and DIR is left as it was",
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_train)
@@ -448,13 +475,37 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from iclab.training.checkpoint import RunFolderError
+    from iclab.training.trainer import TrainingDiverged
+
     try:
         for module in args.imports:
             _import_user_module(module)
         return int(args.func(args) or 0)
-    except (ConfigError, ValueError) as err:
-        print(f"iclab: error: {err}", file=sys.stderr)
+    except (ConfigError, ValueError, KeyError) as err:  # bad usage or configuration
+        if args.debug:
+            raise
+        print(f"iclab: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except (TrainingDiverged, RunFolderError, OSError, RuntimeError) as err:  # the run failed
+        if args.debug:
+            raise
+        print(f"iclab: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            "iclab: interrupted (the last checkpoint is kept; run again to resume)", file=sys.stderr
+        )
+        return 130
+
+
+def _one_line(err: BaseException) -> str:
+    """The error as one line: a KeyError's quotes removed, an OSError with its file."""
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    if isinstance(err, OSError) and err.filename:
+        return f"{err.strerror or err}: {err.filename}"
+    return str(err)
 
 
 def _import_user_module(spec: str) -> None:

@@ -8,13 +8,13 @@ values (pydantic's messages, reformatted by :func:`format_validation_error`).
 from __future__ import annotations
 
 import importlib.resources
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     SerializeAsAny,
     ValidationError,
@@ -27,9 +27,10 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 import iclab.models
 import iclab.tasks  # noqa: F401  (registers the built-in task kinds)
-from iclab import registry
+from iclab import registry, strict_yaml
 from iclab.models import LSAConfig
 from iclab.tasks import LinearRegressionConfig
+from iclab.validation import STRICT_CONFIG
 
 DEFAULT_KIND = {"task": "linear_regression", "model": "lsa"}
 
@@ -68,7 +69,7 @@ class ConfigError(ValueError):
 
 
 class ClipConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT_CONFIG
 
     mode: Literal["none", "global", "per_matrix"] = Field(
         "none",
@@ -79,7 +80,7 @@ class ClipConfig(BaseModel):
 
 
 class ScheduleConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT_CONFIG
 
     kind: Literal["constant", "step", "cosine"] = Field(
         "constant", description="learning-rate schedule"
@@ -95,7 +96,7 @@ class ScheduleConfig(BaseModel):
 class PolishConfig(BaseModel):
     """Levenberg–Marquardt iterations after the first-order steps (small models only)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT_CONFIG
 
     steps: int = Field(
         0,
@@ -125,7 +126,7 @@ class PolishConfig(BaseModel):
 
 
 class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT_CONFIG
 
     optimizer: Literal["adam", "adamw", "sgd", "shampoo"] = Field(
         "adam",
@@ -159,6 +160,11 @@ class TrainConfig(BaseModel):
     compile: bool = Field(False, description="torch.compile the forward (fast for long runs)")
     tensorboard: bool = Field(False, description="also write TensorBoard scalars (optional)")
 
+    @field_validator("betas", mode="before")
+    @classmethod
+    def _betas_from_list(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v  # YAML has lists, not tuples
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         for i, b in enumerate(self.betas):
@@ -170,7 +176,7 @@ class TrainConfig(BaseModel):
 class RunConfig(BaseModel):
     """One training run of an ensemble of seeds."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT_CONFIG
 
     name: str = Field("run", description="a label for the run")
     seed: int = Field(0, ge=0, description="base seed; member e uses seed + e")
@@ -218,10 +224,23 @@ class RunConfig(BaseModel):
         return self.model_dump(mode="json")
 
 
+# pydantic names the branch of a union it tried (``literal['a','b']``, ``list[list[float]]``,
+# ``function-after[...]``) in an error's location: noise for the user
+_UNION_BRANCH = re.compile(
+    r"^(?:literal|list|tuple|dict|set|function-\w+|union|nullable)\[|^(?:int|float|str|bool|none)$"
+)
+
+
+def _excerpt(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error never echoes a whole input back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "<config>"
+        where = ".".join(str(p) for p in e["loc"] if not _UNION_BRANCH.match(str(p))) or "<config>"
         if e["type"] == "unknown_kind":
             lines.append(f"{where}: {e['msg']}")
             continue
@@ -230,9 +249,9 @@ def format_validation_error(err: ValidationError) -> str:
             lines.append(msg)
             continue
         lines.append(
-            f"{where}: {msg} (got {e.get('input')!r})" if "input" in e else f"{where}: {msg}"
+            f"{where}: {msg} (got {_excerpt(e['input'])})" if "input" in e else f"{where}: {msg}"
         )
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+    return "invalid configuration: " + "; ".join(lines)
 
 
 def make_config(data: dict[str, Any]) -> RunConfig:
@@ -254,7 +273,7 @@ def load_preset_dict(name: str) -> dict[str, Any]:
         raise ConfigError(
             f"preset: unknown preset {name!r}; available: {', '.join(preset_names())}"
         )
-    return yaml.safe_load(path.read_text()) or {}
+    return strict_yaml.load(path.read_text(), where=f"preset {name}") or {}
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -272,8 +291,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override: {key!r} goes through a non-mapping field")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = _parse_value(key, raw)
     return out
+
+
+def _parse_value(key: str, raw: str) -> Any:
+    try:
+        return strict_yaml.load(raw, where=f"override {key}")
+    except strict_yaml.YAMLError as err:
+        raise ConfigError(str(err)) from None
 
 
 def load_config(source: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -282,7 +308,10 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> RunCo
     if path.suffix in {".yaml", ".yml"} or path.exists():
         if not path.is_file():
             raise ConfigError(f"config: file {str(path)!r} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = strict_yaml.load(path.read_text(), where=f"config {path}") or {}
+        except strict_yaml.YAMLError as err:
+            raise ConfigError(str(err)) from None
     else:
         data = load_preset_dict(str(source))
     if not isinstance(data, dict):

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from iclab.validation import FiniteFloat
+from iclab.validation import STRICT_CONFIG, FiniteFloat
 
 __all__ = [
     "KernelName",
@@ -34,7 +34,7 @@ KernelName = Literal["linear", "relu", "exp"]
 class KernelTerm(BaseModel):
     """One term ``weight · k(u, v)`` of a kernel; ``bandwidth`` is used by ``exp`` only."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT_CONFIG
 
     name: KernelName = Field(description="'linear', 'relu' or 'exp'")
     weight: FiniteFloat = Field(1.0, gt=0.0, description="positive weight of the term")

@@ -69,7 +69,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from torch import nn
 
 from iclab.batches import SequenceBatch
@@ -77,7 +77,7 @@ from iclab.device import complex_dtype
 from iclab.models.ensemble import EnsembleModel
 from iclab.registry import register_model
 from iclab.seeding import make_generator
-from iclab.validation import FiniteFloat
+from iclab.validation import STRICT_CONFIG, FiniteFloat
 
 __all__ = [
     "CausalLinearAttention",
@@ -91,7 +91,7 @@ __all__ = [
 class CausalLinearAttentionConfig(BaseModel):
     """One-layer causal linear attention with complex weights (see the module docstring)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT_CONFIG
 
     kind: Literal["causal_linear_attention"] = "causal_linear_attention"
     init: Literal["diagonal", "gaussian"] = Field(
@@ -192,6 +192,14 @@ class CausalLinearAttention(EnsembleModel):
         W_KQ = torch.cat([top, torch.cat([a_blk, kq], dim=-1)], dim=-2)
         W_PV = torch.cat([b_blk, pv], dim=-1)
         return W_KQ, W_PV
+
+    @classmethod
+    def activation_bytes(
+        cls, d: int, config: CausalLinearAttentionConfig, tokens: int, itemsize: int
+    ) -> int:
+        """Per sequence: the prefix Gram sums (counted with the data) and a few 2d vectors per
+        position; no T × T matrix is ever formed."""
+        return 6 * tokens * 2 * d * itemsize
 
     def projected_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W_KQ, W_PV)`` as used by the forward: the trainable-set projection Π of the raw ones."""

@@ -99,6 +99,18 @@ class EnsembleModel(nn.Module):
         """Per-member diagnostics logged with every evaluation (default: none)."""
         return {}
 
+    @classmethod
+    def activation_bytes(cls, d: int, config: Any, tokens: int, itemsize: int) -> int:
+        """An upper bound of the memory one prompt of one member keeps for the backward pass
+        (used to refuse runs that cannot fit; see :mod:`iclab.training.memory`). The default
+        assumes per layer the token representations and a tokens × tokens score matrix per head."""
+        layers = getattr(config, "layers", 1)
+        heads = getattr(config, "heads", 1)
+        heads = len(heads) if isinstance(heads, (list, tuple)) else int(heads or 1)
+        width = getattr(config, "width", None) or d + 1
+        mlp = getattr(config, "mlp_ratio", 0) * width
+        return int(layers) * tokens * (4 * width + mlp + 2 * heads * tokens) * itemsize
+
     # ------------------------------------------------------------------ inspection
     def residual_stream(self, batch: Any) -> list[torch.Tensor]:
         """Token representations after the embedding and after every layer."""

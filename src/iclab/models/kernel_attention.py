@@ -45,12 +45,13 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from torch import nn
 
 from iclab.batches import PromptBatch
 from iclab.models.ensemble import TokenRowModel, init_ensemble_
 from iclab.registry import register_model
+from iclab.validation import STRICT_CONFIG
 
 __all__ = ["Activation", "KernelAttention", "KernelAttentionConfig"]
 
@@ -61,7 +62,7 @@ Readout = Literal["negative", "positive"]
 class KernelAttentionConfig(BaseModel):
     """Non-linear attention model: one activation per head."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT_CONFIG
 
     kind: Literal["kernel_attention"] = "kernel_attention"
     layers: int = Field(3, ge=1, description="number of attention layers L")

@@ -44,12 +44,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from torch import nn
 
 from iclab.batches import PromptBatch, prompt_tokens
 from iclab.models.ensemble import EnsembleModel, init_ensemble_
 from iclab.registry import register_model
+from iclab.validation import STRICT_CONFIG
 
 Parametrization = Literal["full", "pgd", "sparse_pgd", "label_row"]
 Readout = Literal["negative", "positive"]
@@ -58,7 +59,7 @@ Readout = Literal["negative", "positive"]
 class LSAConfig(BaseModel):
     """Linear self-attention model."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT_CONFIG
 
     kind: Literal["lsa"] = "lsa"
     layers: int = Field(3, ge=1, description="number of attention layers L")
@@ -219,6 +220,13 @@ class LinearSelfAttention(EnsembleModel):
     def residual_stream(self, batch: PromptBatch) -> list[torch.Tensor]:
         """``[Z_0, …, Z_L]`` of a prompt batch (:meth:`forward_tokens`)."""
         return self.forward_tokens(batch.tokens())
+
+    @classmethod
+    def activation_bytes(cls, d: int, config: LSAConfig, tokens: int, itemsize: int) -> int:
+        """Gram propagation keeps a few (d+1)² matrices per layer and prompt, never the tokens."""
+        return (config.layers + 1) * config.heads * 4 * (d + 1) ** 2 * itemsize + tokens * (
+            d + 1
+        ) * itemsize
 
     # ----------------------------------------------------------------------------- forward
     @staticmethod

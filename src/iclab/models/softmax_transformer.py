@@ -51,13 +51,14 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
 from iclab.batches import PromptBatch
 from iclab.models.ensemble import TokenRowModel
 from iclab.registry import register_model
 from iclab.seeding import make_generator
+from iclab.validation import STRICT_CONFIG
 
 __all__ = ["SIZE_PRESETS", "SoftmaxTransformer", "SoftmaxTransformerConfig"]
 
@@ -82,7 +83,7 @@ class SoftmaxTransformerConfig(BaseModel):
     every size.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT_CONFIG
 
     kind: Literal["softmax_transformer"] = "softmax_transformer"
     size: Size = Field(

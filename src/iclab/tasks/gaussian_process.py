@@ -52,7 +52,7 @@ from functools import cached_property
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from iclab.batches import PromptBatch
 from iclab.kernels import (
@@ -67,7 +67,7 @@ from iclab.kernels import (
 from iclab.registry import register_task
 from iclab.seeding import make_generator
 from iclab.tasks.ensemble_task import EnsembleTask
-from iclab.validation import FiniteFloat
+from iclab.validation import STRICT_CONFIG, FiniteFloat
 
 __all__ = [
     "GaussianProcessBatch",
@@ -108,7 +108,7 @@ def _draw_f(
 class GaussianProcessConfig(BaseModel):
     """Gaussian-process regression task (see the module docstring)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT_CONFIG
 
     kind: Literal["gaussian_process"] = "gaussian_process"
     d: int = Field(5, ge=1, description="input dimension")

@@ -46,14 +46,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from iclab.batches import SequenceBatch
 from iclab.device import complex_dtype
 from iclab.registry import register_task
 from iclab.seeding import make_generator
 from iclab.tasks.ensemble_task import EnsembleTask
-from iclab.validation import FiniteFloat
+from iclab.validation import STRICT_CONFIG, FiniteFloat
 
 __all__ = [
     "LinearDynamicsBatch",
@@ -72,7 +72,7 @@ X1Law = Literal["gaussian", "sparse", "ones", "custom"]
 class LinearDynamicsConfig(BaseModel):
     """Linear-dynamics sequences ``x_{t+1} = W x_t`` (see the module docstring)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT_CONFIG
 
     kind: Literal["linear_dynamics"] = "linear_dynamics"
     d: int = Field(5, ge=1, description="state dimension d (≥ 1)")

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from iclab.batches import PromptBatch
 from iclab.matrix_functions import psd_sqrt
 from iclab.registry import register_task
 from iclab.seeding import make_generator
 from iclab.tasks.ensemble_task import EnsembleTask
-from iclab.validation import FiniteFloat
+from iclab.validation import STRICT_CONFIG, FiniteFloat
 
 PAPER_SPECTRUM_D5 = (1.0, 1.0, 0.5, 0.25, 1.0)
 Matrix = list[list[float]]
@@ -51,7 +51,7 @@ def _check_matrix(name: str, value: Matrix, d: int, *, require_pd: bool) -> None
 class LinearRegressionConfig(BaseModel):
     """Linear-regression task. ``covariance``/``weight_prior`` accept a name or an explicit matrix."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT_CONFIG
 
     kind: Literal["linear_regression"] = "linear_regression"
     d: int = Field(5, ge=1, description="input dimension")

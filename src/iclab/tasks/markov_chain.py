@@ -35,13 +35,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from iclab.batches import PromptBatch
 from iclab.registry import register_task
 from iclab.seeding import make_generator
 from iclab.tasks.ensemble_task import EnsembleTask
-from iclab.validation import FiniteFloat
+from iclab.validation import STRICT_CONFIG, FiniteFloat
 
 __all__ = ["MarkovChainBatch", "MarkovChainConfig", "MarkovChainTask", "sample_gamma"]
 
@@ -49,7 +49,7 @@ __all__ = ["MarkovChainBatch", "MarkovChainConfig", "MarkovChainTask", "sample_g
 class MarkovChainConfig(BaseModel):
     """Markov-chain prompts (see the module docstring)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT_CONFIG
 
     kind: Literal["markov_chain"] = "markov_chain"
     d: int = Field(5, ge=1, description="x holds the first d states; chains have d+1 states")

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from iclab.atomic_io import atomic_write_text
+from iclab.atomic_io import atomic_write_text, commit, temporary_path
 
 CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"
@@ -26,9 +24,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     Complex tensors (safetensors has no complex128) are stored as their real view (…, 2) and
     listed under the ``iclab_complex`` metadata key; :func:`load_tensors` restores them.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = temporary_path(path)
     try:
         cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         complex_keys = sorted(k for k, v in cpu.items() if v.is_complex())
@@ -36,24 +32,41 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
             cpu[k] = torch.view_as_real(cpu[k]).contiguous()
         save_file(
             cpu,
-            tmp,
+            str(tmp),
             metadata={"iclab": json.dumps(metadata), "iclab_complex": json.dumps(complex_keys)},
         )
-        os.replace(tmp, path)
+        commit(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
+class RunFolderError(RuntimeError):
+    """A run folder that cannot be used as it is (corrupt, foreign or in use); the message names
+    the file and what to do."""
+
+
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a safetensors file written by :func:`save_tensors`; a damaged file is a
+    :class:`RunFolderError` naming it."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        raw = f.metadata() or {}
-    meta = json.loads(raw.get("iclab", "{}"))
-    tensors = load_file(str(path))
-    for k in json.loads(raw.get("iclab_complex", "[]")):
-        tensors[k] = torch.view_as_complex(tensors[k].contiguous())
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+        meta = json.loads(raw.get("iclab", "{}"))
+        tensors = load_file(str(path))
+        for k in json.loads(raw.get("iclab_complex", "[]")):
+            tensors[k] = torch.view_as_complex(tensors[k].contiguous())
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise RunFolderError(
+            f"{path}: not a readable iclab tensor file ({type(err).__name__}: "
+            f"{str(err)[:120]}); delete it to start the run over, or restore a copy"
+        ) from None
+    if not isinstance(meta, dict):
+        raise RunFolderError(f"{path}: its iclab metadata is not a JSON object")
     return tensors, meta
 
 
@@ -87,16 +100,25 @@ def restore_optimizer(
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics file; a line that is not a JSON record is an error naming the
+    file and line (the checkpoint holds the authoritative copy: see the trainer)."""
     if not path.exists():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
         line = line.strip()
-        if line:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a torn last line from a kill: everything before it is intact
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or "step" not in record:
+            raise RunFolderError(
+                f"{path}, line {number}: not a metrics record ({line[:60]!r}); the run's "
+                "checkpoint holds the metrics up to its step: resume the run to rewrite this file"
+            )
+        out.append(record)
     return out
 
 

@@ -26,6 +26,7 @@ point resumes from its last checkpoint to exactly the metrics of an uninterrupte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import time
@@ -51,8 +52,16 @@ from iclab.training.callbacks import (
     StepFunction,
     TensorBoardLogger,
 )
+from iclab.training.checkpoint import RunFolderError
 from iclab.training.levenberg_marquardt import averaging_step, lm_iteration
+from iclab.training.memory import check_memory
 from iclab.training.optim import build_optimizer, clip_gradients, lr_factor
+from iclab.training.run_folder import (
+    FolderLock,
+    check_out_path,
+    fingerprint,
+    remove_stale_temporaries,
+)
 
 
 class TrainingDiverged(RuntimeError):
@@ -87,20 +96,97 @@ def build_model(config: RunConfig, device: torch.device, dtype: torch.dtype) -> 
     return builder(config.task.d, config.model, config.seeds, device=device, dtype=dtype)  # type: ignore[attr-defined]
 
 
+RUN_FILES = (io.CHECKPOINT, io.MODEL, io.METRICS, io.RUN_INFO)
+
+
 def _prepare_run_dir(config: RunConfig, run_dir: Path, overwrite: bool) -> None:
+    """With the folder's lock held: remove stale temporaries, refuse a folder whose results came
+    from another configuration, and write ``config.yaml``. A folder without results (a run that
+    failed before its first checkpoint) never blocks a corrected configuration."""
+    remove_stale_temporaries(run_dir)
     cfg_path = run_dir / io.CONFIG
-    if cfg_path.exists() and not overwrite:
-        existing = load_config(cfg_path)
+    has_results = any((run_dir / name).exists() for name in (io.CHECKPOINT, io.MODEL))
+    if cfg_path.exists() and not overwrite and has_results:
+        try:
+            existing = load_config(cfg_path)
+        except ConfigError as err:
+            raise RunFolderError(f"{cfg_path}: unreadable ({str(err)[:200]})") from None
         if existing != config:
             raise ConfigError(
-                f"out: {run_dir} holds a run with a different configuration; "
-                "choose another --out or pass --overwrite"
+                f"out: {run_dir} holds a run with a different configuration; choose another "
+                "--out, pass --overwrite, or continue it with --resume-from into a new folder"
             )
-    if overwrite:
-        for name in (io.CHECKPOINT, io.MODEL, io.METRICS, io.RUN_INFO):
+    if overwrite or not has_results:
+        for name in RUN_FILES:
             (run_dir / name).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cfg_path, dump_config(config))
+
+
+def _restore(
+    path: Path,
+    config: RunConfig,
+    model: EnsembleModel,
+    opt: torch.optim.Optimizer,
+    total: int,
+    *,
+    foreign: bool = False,
+) -> tuple[int, list[dict[str, Any]], dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a checkpoint into ``model`` and ``opt`` after checking that it belongs to this run:
+    its configuration fingerprint (not for ``foreign``: a parent run continued with other
+    settings), its step and its tensor set. Returns (step, metrics, tensors, metadata)."""
+    tensors, meta = io.load_tensors(path)
+    if not foreign:
+        stored = meta.get("fingerprint")
+        same = (
+            stored == fingerprint(config)
+            if stored is not None
+            else meta.get("config") == config.to_dict()
+        )
+        if not same:
+            raise RunFolderError(
+                f"{path}: written by a different configuration than {path.parent / io.CONFIG}; "
+                "it cannot be resumed here (pass --overwrite to start over)"
+            )
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total:
+        raise RunFolderError(
+            f"{path}: its step {step!r} is not within this run's 0..{total} steps; the file was "
+            "edited or belongs to another run"
+        )
+    expected = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+    found = {k[6:]: (tuple(v.shape), v.dtype) for k, v in tensors.items() if k.startswith("model.")}
+    if found != expected:
+        diff = sorted(set(expected) ^ set(found)) or [
+            k for k in expected if expected[k] != found[k]
+        ]
+        raise RunFolderError(
+            f"{path}: its parameters do not match this model (first difference: {diff[0]!r}; "
+            f"expected {expected.get(diff[0])}, found {found.get(diff[0])})"
+        )
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    optimizer_meta = meta.get("optimizer")
+    if foreign:
+        # a parent continued with other settings: keep this run's hyperparameters, and the
+        # parent's moments only when the optimizer is the same kind
+        parent_kind = (meta.get("config") or {}).get("train", {}).get("optimizer")
+        if parent_kind != config.train.optimizer:
+            optimizer_meta = None
+        elif optimizer_meta is not None:
+            optimizer_meta = {**optimizer_meta, "param_groups": opt.state_dict()["param_groups"]}
+    if optimizer_meta is not None:
+        try:
+            io.restore_optimizer(opt, tensors, optimizer_meta)
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
+            raise RunFolderError(
+                f"{path}: its optimizer state does not fit this run ({err})"
+            ) from None
+    elif not foreign:
+        raise RunFolderError(f"{path}: has no optimizer state")
+    if "metrics" in meta:
+        metrics = [m for m in meta["metrics"] if m["step"] <= step]
+    else:  # a checkpoint written before the metrics moved inside it
+        metrics = [m for m in io.read_metrics(path.parent / io.METRICS) if m["step"] <= step]
+    return step, metrics, tensors, meta
 
 
 def train(
@@ -112,17 +198,29 @@ def train(
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
     callbacks: Sequence[Callback] = (),
+    resume_from: str | Path | None = None,
 ) -> TrainResult:
     """Train ``config.n_seeds`` models in one tensor program; see the module docstring.
 
     ``progress`` adds a :class:`ProgressBar`, ``config.train.tensorboard`` a
-    :class:`TensorBoardLogger` and ``on_step`` a :class:`StepFunction` to ``callbacks``."""
-    tcfg = config.train
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype)
+    :class:`TensorBoardLogger` and ``on_step`` a :class:`StepFunction` to ``callbacks``.
+    ``resume_from``: a run folder whose last good checkpoint starts this run (which may change
+    training settings, e.g. a smaller ``train.lr`` after a divergence); ``out`` records it as
+    the parent. Nothing is written before the configuration, the folder and the memory estimate
+    have been checked; the folder is locked while the run writes it."""
+    run_dir = check_out_path(out) if out is not None else None
+    parent = None
+    if resume_from is not None:
+        parent = Path(resume_from)
+        if run_dir is None:
+            raise ConfigError("resume_from: needs a new run folder to write (--out)")
+        if not (parent / io.CHECKPOINT).is_file():
+            raise ConfigError(f"resume-from: {parent} has no checkpoint to continue from")
+        if parent.resolve() == run_dir.resolve():
+            raise ConfigError("resume-from: must differ from --out (the parent is kept as it was)")
     hooks: list[Callback] = [ProgressBar()] if progress else []
-    if tcfg.tensorboard:
-        if out is None:
+    if config.train.tensorboard:
+        if run_dir is None:
             raise ConfigError("train.tensorboard: needs a run folder (--out)")
         try:
             hooks.append(TensorBoardLogger())
@@ -133,7 +231,24 @@ def train(
     hooks += list(callbacks)
     if on_step is not None:
         hooks.append(StepFunction(on_step))
-    run_dir = Path(out) if out is not None else None
+    check_memory(config)
+    if run_dir is None:
+        return _train(config, None, resume, overwrite, hooks, None)
+    with FolderLock(run_dir):
+        return _train(config, run_dir, resume, overwrite, hooks, parent)
+
+
+def _train(
+    config: RunConfig,
+    run_dir: Path | None,
+    resume: bool,
+    overwrite: bool,
+    hooks: list[Callback],
+    parent: Path | None,
+) -> TrainResult:
+    tcfg = config.train
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype)
     if run_dir is not None:
         _prepare_run_dir(config, run_dir, overwrite)
 
@@ -146,18 +261,32 @@ def train(
     damping = torch.full((config.n_seeds,), polish.damping, dtype=torch.float64)
     metrics: list[dict[str, Any]] = []
     start = 0
+    lineage: dict[str, Any] = {}
+    source = None
     if run_dir is not None and resume and (run_dir / io.CHECKPOINT).exists():
-        tensors, meta = io.load_tensors(run_dir / io.CHECKPOINT)
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        io.restore_optimizer(opt, tensors, meta["optimizer"])
+        source = run_dir / io.CHECKPOINT
+    elif parent is not None:
+        source = parent / io.CHECKPOINT
+    if source is not None:
+        start, metrics, tensors, meta = _restore(
+            source, config, model, opt, total, foreign=source.parent == parent
+        )
         if "polish.damping" in tensors:
             damping = tensors["polish.damping"].to(torch.float64)
-        start = int(meta["step"])
-        metrics = [m for m in io.read_metrics(run_dir / io.METRICS) if m["step"] <= start]
+        lineage = meta.get("parent") or {}
+        if source.parent == parent:
+            lineage = {
+                "run_dir": str(parent.resolve()),
+                "step": start,
+                "fingerprint": meta.get("fingerprint"),
+            }
     if run_dir is not None and start >= total and (run_dir / io.RUN_INFO).exists():
         # already complete: report it as it was, write nothing
-        done_info = json.loads((run_dir / io.RUN_INFO).read_text())
-        if done_info.get("status") == "completed":
+        try:
+            done_info = json.loads((run_dir / io.RUN_INFO).read_text())
+        except ValueError:
+            done_info = {}  # a damaged run.json: finish the run again, which rewrites it
+        if isinstance(done_info, dict) and done_info.get("status") == "completed":
             return TrainResult(
                 config, model, task, metrics, run_dir, float(done_info.get("wall_s", 0.0)),
                 0, done_info,
@@ -190,25 +319,44 @@ def train(
         "device": str(device),
         "dtype": config.dtype,
         "resumed_from_step": start,
+        "fingerprint": fingerprint(config),
+        **({"parent": lineage} if lineage else {}),
     }
     if run_dir is not None:
         atomic_write_json(run_dir / io.RUN_INFO, info)
 
     last_checkpoint = start if (run_dir is not None and start > 0) else None
 
-    def save_checkpoint(step: int) -> None:
+    def save_checkpoint(step: int, evaluated: bool) -> None:
+        """Commit a checkpoint, but only of parameters seen to be good: finite, with a finite
+        test loss (``evaluated``: the caller just checked it at this step)."""
         nonlocal last_checkpoint
         if run_dir is None:
             return
+        if not evaluated:
+            test = evaluate()
+            if not torch.isfinite(test).all():
+                raise diverged(step, "the test loss", test)
+        for name, p in model.named_parameters():
+            if not torch.isfinite(p).all():
+                raise diverged(step, f"parameter {name}", None)
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         ot, ometa = io.optimizer_tensors(opt)
         tensors.update(ot)
         if polish.steps + polish.averaging_steps > 0:
             tensors["polish.damping"] = damping
-        meta = {"step": step, "optimizer": ometa, "config": config.to_dict()}
-        io.save_tensors(run_dir / io.CHECKPOINT, tensors, meta)
-        io.write_metrics(run_dir / io.METRICS, metrics)
+        meta = {
+            "format": 2,
+            "step": step,
+            "optimizer": ometa,
+            "config": config.to_dict(),
+            "fingerprint": info["fingerprint"],
+            "metrics": metrics,
+            **({"parent": lineage} if lineage else {}),
+        }
+        io.save_tensors(run_dir / io.CHECKPOINT, tensors, meta)  # the commit point
         last_checkpoint = step
+        io.write_metrics(run_dir / io.METRICS, metrics)  # a view of the checkpoint's metrics
 
     def diverged(step: int, what: str, values: torch.Tensor | None) -> TrainingDiverged:
         """``values``: per-seed losses naming the bad seeds; None when the model itself raised."""
@@ -281,10 +429,11 @@ def train(
             clip_gradients(model.parameters(), tcfg.clip)
             opt.step()
             done = step + 1
-            if done % tcfg.eval_every == 0 or done == tcfg.steps:
+            evaluated = done % tcfg.eval_every == 0 or done == tcfg.steps
+            if evaluated:
                 record(done, lr, loss)
             if done % tcfg.checkpoint_every == 0 or done == tcfg.steps:
-                save_checkpoint(done)
+                save_checkpoint(done, evaluated)
             finish_step(done)
 
     def polishing_steps() -> None:
@@ -310,7 +459,7 @@ def train(
                 raise diverged(step + 1, "the polishing loss", loss)
             done = step + 1
             record(done, 0.0, loss, damping=damping.tolist())
-            save_checkpoint(done)
+            save_checkpoint(done, True)
             finish_step(done)
 
     for h in hooks:
@@ -318,6 +467,17 @@ def train(
     try:
         first_order_steps()
         polishing_steps()
+    except TrainingDiverged:
+        raise  # run.json already says diverged, with the message
+    except BaseException as err:
+        if run_dir is not None:  # say what stopped the run; the last checkpoint stays resumable
+            status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            reason = f"{type(err).__name__}: {err}"[:500]
+            with contextlib.suppress(OSError):  # e.g. a full disk: the checkpoint is what counts
+                atomic_write_json(
+                    run_dir / io.RUN_INFO, {**info, "status": status, "message": reason}
+                )
+        raise
     finally:
         for h in hooks:
             h.close()
