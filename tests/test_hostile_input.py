@@ -143,3 +143,21 @@ def test_every_preset_is_valid_and_fits():
     for preset in preset_names():
         check_memory(load_config(preset))
         assert re.fullmatch(r"[A-Za-z0-9_]+", preset)
+
+
+def test_reproduce_refuses_an_empty_path_and_a_users_own_folder(tmp_path, capsys):
+    assert main(["reproduce", "ahn2023", "--quick", "--out", ""]) == 2
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert main(["reproduce", "ahn2023", "--quick", "--out", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert "empty path" in err and "not an iclab reproduction" in err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_deep_nesting_is_a_config_error(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(deep)

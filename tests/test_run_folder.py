@@ -335,3 +335,17 @@ def test_an_ensemble_member_is_the_single_run_of_its_seed(model, exact):
         assert member == alone
     else:  # batched matmuls may sum in another order: equal to float32 round-off, amplified
         torch.testing.assert_close(torch.tensor(member), torch.tensor(alone), rtol=1e-3, atol=0)
+
+
+def test_running_a_completed_run_again_repairs_its_views(tmp_path, reference):
+    ref_metrics, ref_state = reference
+    out = tmp_path / "run"
+    train(config(), out, progress=False)
+    (out / "metrics.jsonl").write_text('{"step": 3}\ngarbage\n')
+    (out / "model.safetensors").unlink()
+    res = train(config(), out, progress=False)
+    assert res.steps_run == 0  # nothing retrained
+    assert strip(ckpt.read_metrics(out / "metrics.jsonl")) == ref_metrics
+    loaded = load_run(out)
+    for k, v in loaded.model.state_dict().items():
+        assert torch.equal(v, ref_state[k]), k

@@ -80,6 +80,8 @@ def load(text: str, where: str = "config") -> Any:
     except YAMLError as err:
         msg = str(err)
         raise YAMLError(msg if msg.startswith(f"{where}:") else f"{where}: {msg}") from None
+    except RecursionError:
+        raise YAMLError(f"{where}: nested too deeply to be a configuration") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

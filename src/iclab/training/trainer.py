@@ -122,6 +122,26 @@ def _prepare_run_dir(config: RunConfig, run_dir: Path, overwrite: bool) -> None:
     atomic_write_text(cfg_path, dump_config(config))
 
 
+def _repair_views(
+    run_dir: Path,
+    model: EnsembleModel,
+    metrics: list[dict[str, Any]],
+    total: int,
+    config: RunConfig,
+) -> None:
+    """A completed run's views, rewritten from its checkpoint when damaged or missing:
+    ``metrics.jsonl`` and the final ``model.safetensors`` (the checkpoint of the last step)."""
+    try:
+        intact = io.read_metrics(run_dir / io.METRICS) == metrics
+    except RunFolderError:
+        intact = False
+    if not intact:
+        io.write_metrics(run_dir / io.METRICS, metrics)
+    if not (run_dir / io.MODEL).exists():
+        meta = {"step": total, "config": config.to_dict()}
+        io.save_tensors(run_dir / io.MODEL, dict(model.state_dict()), meta)
+
+
 def _restore(
     path: Path,
     config: RunConfig,
@@ -287,6 +307,7 @@ def _train(
         except ValueError:
             done_info = {}  # a damaged run.json: finish the run again, which rewrites it
         if isinstance(done_info, dict) and done_info.get("status") == "completed":
+            _repair_views(run_dir, model, metrics, total, config)
             return TrainResult(
                 config, model, task, metrics, run_dir, float(done_info.get("wall_s", 0.0)),
                 0, done_info,
