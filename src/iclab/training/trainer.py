@@ -40,7 +40,7 @@ import torch
 import iclab
 from iclab import registry
 from iclab.atomic_io import atomic_write_json, atomic_write_text
-from iclab.config import ConfigError, RunConfig, dump_config, load_config
+from iclab.config import ConfigError, RunConfig, dump_config, load_config, make_config
 from iclab.device import resolve_device, resolve_dtype
 from iclab.models import EnsembleModel
 from iclab.tasks import EnsembleTask
@@ -142,6 +142,15 @@ def _repair_views(
         io.save_tensors(run_dir / io.MODEL, dict(model.state_dict()), meta)
 
 
+def _same_config(meta: dict[str, Any], config: RunConfig) -> bool:
+    """A checkpoint written before fingerprints (format 1): its stored configuration, completed
+    with today's defaults for fields added since, must equal the run's."""
+    try:
+        return make_config(meta.get("config") or {}) == config
+    except ConfigError:
+        return False
+
+
 def _restore(
     path: Path,
     config: RunConfig,
@@ -157,11 +166,7 @@ def _restore(
     tensors, meta = io.load_tensors(path)
     if not foreign:
         stored = meta.get("fingerprint")
-        same = (
-            stored == fingerprint(config)
-            if stored is not None
-            else meta.get("config") == config.to_dict()
-        )
+        same = stored == fingerprint(config) if stored is not None else _same_config(meta, config)
         if not same:
             raise RunFolderError(
                 f"{path}: written by a different configuration than {path.parent / io.CONFIG}; "
