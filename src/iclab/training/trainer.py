@@ -306,7 +306,7 @@ def _train(
                 "fingerprint": meta.get("fingerprint"),
             }
     if run_dir is not None and start >= total and (run_dir / io.RUN_INFO).exists():
-        # already complete: report it as it was, write nothing
+        # already complete: report it as it was, only repairing damaged views
         try:
             done_info = json.loads((run_dir / io.RUN_INFO).read_text())
         except ValueError:
@@ -351,7 +351,8 @@ def _train(
     if run_dir is not None:
         atomic_write_json(run_dir / io.RUN_INFO, info)
 
-    last_checkpoint = start if (run_dir is not None and start > 0) else None
+    continued = source is not None and source.parent == parent  # no checkpoint here yet
+    last_checkpoint = start if (run_dir is not None and start > 0 and not continued) else None
 
     def save_checkpoint(step: int, evaluated: bool) -> None:
         """Commit a checkpoint, but only of parameters seen to be good: finite, with a finite
