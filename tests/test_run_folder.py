@@ -349,3 +349,12 @@ def test_running_a_completed_run_again_repairs_its_views(tmp_path, reference):
     loaded = load_run(out)
     for k, v in loaded.model.state_dict().items():
         assert torch.equal(v, ref_state[k]), k
+
+
+def test_a_continued_run_that_diverges_at_once_names_no_checkpoint_of_its_own(tmp_path):
+    bad = config(lr=0.1, optimizer="sgd", steps=40, eval_every=5, checkpoint_every=2)
+    with pytest.raises(TrainingDiverged):
+        train(bad, tmp_path / "bad", progress=False)
+    with pytest.raises(TrainingDiverged, match="No checkpoint had been written yet"):
+        train(bad, tmp_path / "again", progress=False, resume_from=tmp_path / "bad")
+    assert not (tmp_path / "again" / "checkpoint.safetensors").exists()
