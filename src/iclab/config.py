@@ -25,10 +25,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-import iclab.models
-import iclab.tasks  # noqa: F401  (registers the built-in task kinds)
 from iclab import registry, strict_yaml
-from iclab.models import LSAConfig
+from iclab.models import LSAConfig  # importing the packages registers the built-in kinds
 from iclab.tasks import LinearRegressionConfig
 from iclab.validation import STRICT_CONFIG
 

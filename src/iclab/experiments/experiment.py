@@ -32,6 +32,7 @@ import iclab
 from iclab.analysis.report import ReportMeta, ReportRow, runs_table, write_report
 from iclab.config import ConfigError, RunConfig, apply_overrides, load_preset_dict, make_config
 from iclab.training import TrainResult, train
+from iclab.training.run_folder import check_out_folder
 from iclab.training.trainer import load_run
 
 B = TypeVar("B")
@@ -167,23 +168,6 @@ def train_runs(runs: list[Run], root: Path, *, progress: bool = True) -> int:
     return trained
 
 
-def _experiment_folder(out: str | Path) -> Path:
-    """``out`` for a reproduction: refused when empty, a file, or a non-empty folder that holds
-    neither runs nor a report (a reproduction never writes into a user's own folder)."""
-    if not str(out).strip():
-        raise ConfigError("out: an empty path; name the folder for the reproduction")
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"out: {path} is a file, not a folder")
-    ours = (path / "runs").is_dir() or (path / "report.json").is_file()
-    if path.is_dir() and any(path.iterdir()) and not ours:
-        raise ConfigError(
-            f"out: {path} is a non-empty folder that is not an iclab reproduction (no runs/ "
-            "or report.json); choose a new or empty folder"
-        )
-    return path
-
-
 def run_experiment(
     experiment: Experiment[B],
     out: str | Path,
@@ -196,7 +180,7 @@ def run_experiment(
 ) -> list[ReportRow]:
     """Train the experiment's runs (unless ``train=False``), analyse the run folders and write
     the report. ``budget_value`` replaces the named budget (e.g. tiny budgets in tests)."""
-    out = _experiment_folder(out)
+    out = check_out_folder(out, "reproduction", ("runs", "report.json"))
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -59,6 +59,20 @@ def mse_per_member(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred - target).pow(2).mean(dim=-1)
 
 
+def model_dimensions(d: int, config: Any) -> tuple[int, int, int, int]:
+    """(layers, heads, width, MLP width) of a model config, read from its usual field names with
+    the defaults 1 layer, 1 head, width d + 1 and no MLP (for estimates, not for building)."""
+
+    def whole(value: Any, default: int) -> int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+    heads = getattr(config, "heads", 1)
+    heads = len(heads) if isinstance(heads, (list, tuple)) else whole(heads, 1)
+    width = whole(getattr(config, "width", None), d + 1)
+    mlp = whole(getattr(config, "mlp_ratio", 0), 0) * width
+    return whole(getattr(config, "layers", 1), 1), heads, width, mlp
+
+
 class EnsembleModel(nn.Module):
     """Base class of the ensemble models; see the module docstring for the contract."""
 
@@ -104,12 +118,8 @@ class EnsembleModel(nn.Module):
         """An upper bound of the memory one prompt of one member keeps for the backward pass
         (used to refuse runs that cannot fit; see :mod:`iclab.training.memory`). The default
         assumes per layer the token representations and a tokens × tokens score matrix per head."""
-        layers = getattr(config, "layers", 1)
-        heads = getattr(config, "heads", 1)
-        heads = len(heads) if isinstance(heads, (list, tuple)) else int(heads or 1)
-        width = getattr(config, "width", None) or d + 1
-        mlp = getattr(config, "mlp_ratio", 0) * width
-        return int(layers) * tokens * (4 * width + mlp + 2 * heads * tokens) * itemsize
+        layers, heads, width, mlp = model_dimensions(d, config)
+        return layers * tokens * (4 * width + mlp + 2 * heads * tokens) * itemsize
 
     # ------------------------------------------------------------------ inspection
     def residual_stream(self, batch: Any) -> list[torch.Tensor]:

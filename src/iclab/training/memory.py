@@ -18,6 +18,7 @@ import torch
 from iclab import registry
 from iclab.config import ConfigError, RunConfig
 from iclab.device import resolve_device
+from iclab.models.ensemble import model_dimensions
 
 
 def _int(value: object, default: int) -> int:
@@ -37,11 +38,7 @@ def estimate_bytes(config: RunConfig) -> dict[str, int]:
         gram = E * batch * tokens * width * width * item
     else:
         tokens, width, gram = _int(getattr(task, "n", 1), 1) + 1, d + 1, 0
-    layers = _int(getattr(model, "layers", 1), 1)
-    heads = getattr(model, "heads", 1)
-    heads = len(heads) if isinstance(heads, (list, tuple)) else _int(heads, 1)
-    hidden = _int(getattr(model, "width", None), width)
-    mlp = _int(getattr(model, "mlp_ratio", 0), 0) * hidden
+    layers, heads, hidden, mlp = model_dimensions(width - 1, model)
     data = 3 * E * batch * tokens * width * item + gram
     model_class = registry.model_kind(model.kind).builder  # type: ignore[attr-defined]
     per_prompt = model_class.activation_bytes(d, model, tokens, item)

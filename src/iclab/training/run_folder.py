@@ -37,21 +37,29 @@ def fingerprint(config: RunConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def check_out_path(out: str | Path) -> Path:
-    """The run folder ``out``, refused when empty, a file, or a non-empty folder that is not a run."""
+def check_out_folder(out: str | Path, what: str, marks: tuple[str, ...]) -> Path:
+    """The output folder ``out``, refused when the path is empty, names a file, or names a
+    non-empty folder holding none of the ``marks`` that make it an iclab ``what`` (so iclab never
+    writes into a user's own folder). Our own lock and stale temporaries do not count."""
     if not str(out).strip():
-        raise ConfigError("out: an empty path; name the run folder to write (e.g. --out runs/a)")
+        raise ConfigError(f"out: an empty path; name the {what} to write (e.g. --out runs/a)")
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"out: {path} is a file, not a folder")
-    if path.is_dir() and not (path / CONFIG).exists():
+    if path.is_dir() and not any((path / mark).exists() for mark in marks):
         foreign = [p.name for p in path.iterdir() if not _ours(p.name)]
         if foreign:
             raise ConfigError(
-                f"out: {path} is a non-empty folder that is not an iclab run folder (it has no "
-                f"{CONFIG}; found {', '.join(sorted(foreign)[:3])}…); choose a new or empty folder"
+                f"out: {path} is a non-empty folder that is not an iclab {what} (it has no "
+                f"{' or '.join(marks)}; found {', '.join(sorted(foreign)[:3])}…); choose a new or "
+                "empty folder"
             )
     return path
+
+
+def check_out_path(out: str | Path) -> Path:
+    """The run folder ``out`` (see :func:`check_out_folder`; a run folder has ``config.yaml``)."""
+    return check_out_folder(out, "run folder", (CONFIG,))
 
 
 def _ours(name: str) -> bool:

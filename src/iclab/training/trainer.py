@@ -138,8 +138,12 @@ def _repair_views(
     if not intact:
         io.write_metrics(run_dir / io.METRICS, metrics)
     if not (run_dir / io.MODEL).exists():
-        meta = {"step": total, "config": config.to_dict()}
-        io.save_tensors(run_dir / io.MODEL, dict(model.state_dict()), meta)
+        _save_final_model(run_dir, model, total, config)
+
+
+def _save_final_model(run_dir: Path, model: EnsembleModel, total: int, config: RunConfig) -> None:
+    meta = {"step": total, "config": config.to_dict()}
+    io.save_tensors(run_dir / io.MODEL, dict(model.state_dict()), meta)
 
 
 def _same_config(meta: dict[str, Any], config: RunConfig) -> bool:
@@ -178,8 +182,9 @@ def _restore(
             f"{path}: its step {step!r} is not within this run's 0..{total} steps; the file was "
             "edited or belongs to another run"
         )
+    params = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     expected = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
-    found = {k[6:]: (tuple(v.shape), v.dtype) for k, v in tensors.items() if k.startswith("model.")}
+    found = {k: (tuple(v.shape), v.dtype) for k, v in params.items()}
     if found != expected:
         diff = sorted(set(expected) ^ set(found)) or [
             k for k in expected if expected[k] != found[k]
@@ -188,7 +193,7 @@ def _restore(
             f"{path}: its parameters do not match this model (first difference: {diff[0]!r}; "
             f"expected {expected.get(diff[0])}, found {found.get(diff[0])})"
         )
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.load_state_dict(params)
     optimizer_meta = meta.get("optimizer")
     if foreign:
         # a parent continued with other settings: keep this run's hyperparameters, and the
@@ -288,20 +293,21 @@ def _train(
     start = 0
     lineage: dict[str, Any] = {}
     source = None
+    continued = False  # started from the parent's checkpoint: none of this folder's own yet
     if run_dir is not None and resume and (run_dir / io.CHECKPOINT).exists():
         source = run_dir / io.CHECKPOINT
     elif parent is not None:
-        source = parent / io.CHECKPOINT
+        source, continued = parent / io.CHECKPOINT, True
     if source is not None:
         start, metrics, tensors, meta = _restore(
-            source, config, model, opt, total, foreign=source.parent == parent
+            source, config, model, opt, total, foreign=continued
         )
         if "polish.damping" in tensors:
             damping = tensors["polish.damping"].to(torch.float64)
         lineage = meta.get("parent") or {}
-        if source.parent == parent:
+        if continued:
             lineage = {
-                "run_dir": str(parent.resolve()),
+                "run_dir": str(source.parent.resolve()),
                 "step": start,
                 "fingerprint": meta.get("fingerprint"),
             }
@@ -351,7 +357,6 @@ def _train(
     if run_dir is not None:
         atomic_write_json(run_dir / io.RUN_INFO, info)
 
-    continued = source is not None and source.parent == parent  # no checkpoint here yet
     last_checkpoint = start if (run_dir is not None and start > 0 and not continued) else None
 
     def save_checkpoint(step: int, evaluated: bool) -> None:
@@ -523,8 +528,7 @@ def _train(
         steps_per_s=steps_run / wall if wall > 0 else None,
     )
     if run_dir is not None:
-        meta = {"step": total, "config": config.to_dict()}
-        io.save_tensors(run_dir / io.MODEL, dict(model.state_dict()), meta)
+        _save_final_model(run_dir, model, total, config)
         io.write_metrics(run_dir / io.METRICS, metrics)
         atomic_write_json(run_dir / io.RUN_INFO, info)
     return TrainResult(config, model, task, metrics, run_dir, total_wall, steps_run, info)
@@ -533,6 +537,8 @@ def _train(
 def load_run(run_dir: str | Path, device: str | None = None) -> TrainResult:
     """Load a finished (or interrupted) run folder: config, final/last parameters, metrics."""
     run_dir = Path(run_dir)
+    if not (run_dir / io.CONFIG).is_file():
+        raise ConfigError(f"run_dir: {run_dir} is not a run folder (no {io.CONFIG})")
     config = load_config(run_dir / io.CONFIG)
     dev = resolve_device(device or config.device)
     dtype = resolve_dtype(config.dtype)
