@@ -7,7 +7,7 @@ import pytest
 
 from iclab.cli import build_parser, main
 
-COMMANDS = ["presets", "kinds", "show", "train", "report", "reproduce", "theory"]
+COMMANDS = ["presets", "kinds", "show", "train", "report", "reproduce", "sweep", "theory"]
 
 
 def _subparsers():
@@ -71,6 +71,20 @@ def _error(capsys, argv) -> str:
         (["theory", "functional-gd", "--depths", "a"], "--depths: expected a comma list"),
         (["--import", "no_such_module_xyz", "kinds"], "--import: cannot import"),
         (["--import", "nowhere/plugin.py", "kinds"], "--import: file 'nowhere/plugin.py'"),
+        (["sweep", "missing.yaml", "--out", "never"], "grid: file 'missing.yaml' does not exist"),
+        (["reproduce", "ahn2023", "--out", "never", "--workers", "0"], "workers: must be >= 1"),
+        (
+            ["reproduce", "ahn2023", "--out", "never", "--executor", "local", "--workers", "3"],
+            "workers: the local executor trains one run at a time",
+        ),
+        (
+            ["reproduce", "ahn2023", "--out", "never", "--executor", "ray", "--retries", "-1"],
+            "retries: must be >= 0",
+        ),
+        (
+            ["reproduce", "ahn2023", "--out", "never", "--executor", "ray", "--gpus-per-run", "-1"],
+            "gpus-per-run: must be >= 0",
+        ),
     ],
 )
 def test_bad_input_gets_one_line_naming_the_field(argv, names, capsys):

@@ -114,7 +114,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from iclab.experiments import reproduce
 
     rows = reproduce(
-        args.name, args.out, quick=args.quick, device=args.device, progress=not args.quiet
+        args.name,
+        args.out,
+        quick=args.quick,
+        device=args.device,
+        progress=not args.quiet,
+        executor=_executor(args),
     )
     for r in rows:
         print(
@@ -127,6 +132,46 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         + f"; report: {Path(args.out) / 'report.md'}"
     )
     return 1 if counts["fail"] else 0
+
+
+def _executor(args: argparse.Namespace):
+    from iclab.training.executors import make_executor
+
+    return make_executor(
+        args.executor,
+        workers=args.workers,
+        address=args.address,
+        cpus_per_run=args.cpus_per_run,
+        gpus_per_run=args.gpus_per_run,
+        threads_per_run=args.threads_per_run,
+        retries=args.retries,
+        progress=not args.quiet,
+        imports=args.imports,
+    )
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from iclab.experiments.sweep import RESULTS, expand, load_sweep, run_sweep
+
+    spec = load_sweep(args.grid)
+    points = expand(spec)  # every point is checked before an executor starts
+    executor = _executor(args)
+    print(f"sweep: {len(points)} runs on the {executor.name} executor → {args.out}/runs")
+
+    def done(outcome) -> None:
+        extra = f" ({outcome.message.splitlines()[0][:160]})" if outcome.message else ""
+        trained = (
+            f", {outcome.steps_run} steps in {outcome.wall_s:.1f} s" if outcome.steps_run else ""
+        )
+        print(f"  [{outcome.status}] {outcome.name}{trained}{extra}", flush=True)
+
+    rows = run_sweep(spec, args.out, executor, on_done=done)
+    bad = [r for r in rows if r["status"] != "completed"]
+    print(
+        f"{len(rows) - len(bad)} completed, {len(bad)} not; results: "
+        f"{Path(args.out) / RESULTS}, figure: {Path(args.out) / 'figures' / 'sweep.png'}"
+    )
+    return 1 if bad else 0
 
 
 def _cmd_theory(args: argparse.Namespace) -> int:
@@ -391,7 +436,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda …")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
+    _executor_options(s)
     s.set_defaults(func=_cmd_reproduce)
+
+    s = sub.add_parser(
+        "sweep",
+        help="train a grid of runs around a preset and tabulate the final losses",
+        description="GRID.yaml names a preset (or a YAML config file), fixed overrides and a "
+        "grid of dotted keys to lists, e.g. 'preset: ahn2023_identity_L3', 'set: {train.steps: "
+        "200}', 'grid: {model.layers: [1, 2, 3], task.n: [10, 20]}'. Every point is validated "
+        "before any run. Each trains into OUT/runs/<values>_<hash>; completed runs are skipped "
+        "and interrupted ones resume, so the same command finishes an interrupted sweep. "
+        "OUT/results.csv has one row per run (the swept keys, test_loss_mean, test_loss_std, "
+        "steps, wall_s, status, run) and OUT/figures/sweep.png the final loss against each key.",
+    )
+    s.add_argument("grid", help="the grid file (YAML)")
+    s.add_argument("--out", required=True, help="sweep folder (runs/, results.csv, figures/)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    _executor_options(s)
+    s.set_defaults(func=_cmd_sweep)
 
     s = sub.add_parser(
         "theory",
@@ -470,15 +533,64 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _executor_options(s: argparse.ArgumentParser) -> None:
+    g = s.add_argument_group("executor (where the runs train)")
+    g.add_argument(
+        "--executor",
+        default="auto",
+        choices=["auto", "local", "ray"],
+        help="local: in this process, one run after another; ray: each run a Ray task, "
+        "--workers at a time, retried when its worker dies (pip install 'iclab[ray]'); auto "
+        "(default): ray when it is installed and --workers > 1 or --address is given, else local",
+    )
+    g.add_argument(
+        "--workers", type=int, default=1, help="runs trained at the same time (ray; default 1)"
+    )
+    g.add_argument(
+        "--address",
+        default=None,
+        help="join the Ray cluster at ADDR (e.g. 10.0.0.1:6379 or 'auto'; default: $RAY_ADDRESS, "
+        "else start a Ray instance on this machine)",
+    )
+    g.add_argument(
+        "--cpus-per-run",
+        type=float,
+        default=None,
+        help="Ray CPUs per run (default: this machine's cores / --workers)",
+    )
+    g.add_argument(
+        "--gpus-per-run",
+        type=float,
+        default=None,
+        help="Ray GPUs per run, fractions allowed, e.g. 0.25 puts four runs on a GPU (default: "
+        "the cluster's GPUs shared by the workers, at most 1; 0 without GPUs)",
+    )
+    g.add_argument(
+        "--threads-per-run",
+        type=int,
+        default=None,
+        help="torch threads of each run (ray default: its CPUs; local default: torch's own). "
+        "float32 CPU sums depend on it: equal counts give bit-identical numbers",
+    )
+    g.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="ray: how often a run whose worker process died is restarted (it resumes from "
+        "its checkpoint; default 3)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from iclab import registry
     from iclab.training.checkpoint import RunFolderError
     from iclab.training.trainer import TrainingDiverged
 
     try:
         for module in args.imports:
-            _import_user_module(module)
+            registry.import_user_module(module)
         return int(args.func(args) or 0)
     except (ConfigError, ValueError, KeyError) as err:  # bad usage or configuration
         if args.debug:
@@ -504,26 +616,6 @@ def _one_line(err: BaseException) -> str:
     if isinstance(err, OSError) and err.filename:
         return f"{err.strerror or err}: {err.filename}"
     return str(err)
-
-
-def _import_user_module(spec: str) -> None:
-    """Import a dotted module name or a ``.py`` file (e.g. one registering its own kinds)."""
-    import importlib
-    import importlib.util
-
-    path = Path(spec)
-    if spec.endswith(".py"):
-        if not path.is_file():
-            raise ConfigError(f"--import: file {spec!r} does not exist")
-        module_spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
-        sys.modules[path.stem] = module
-        module_spec.loader.exec_module(module)  # type: ignore[union-attr]
-        return
-    try:
-        importlib.import_module(spec)
-    except ModuleNotFoundError as err:
-        raise ConfigError(f"--import: cannot import {spec!r} ({err})") from None
 
 
 if __name__ == "__main__":

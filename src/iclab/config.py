@@ -181,6 +181,12 @@ class RunConfig(BaseModel):
     n_seeds: int = Field(1, ge=1, description="ensemble size: seeds trained in one tensor program")
     device: str = Field("auto", description="'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:1' …")
     dtype: Literal["float32", "float64"] = Field("float32", description="working precision")
+    precision: Literal["float32", "tf32", "bf16"] = Field(
+        "float32",
+        description="matmul precision of float32 training: float32 (TF32 off, the default), tf32 "
+        "(TF32 matmuls on CUDA; no effect on CPU) or bf16 (bfloat16 autocast of the training "
+        "forward, for models that allow it: the softmax transformer); evaluation stays float32",
+    )
     task: SerializeAsAny[BaseModel] = Field(
         default_factory=LinearRegressionConfig,
         description="the ICL task; 'kind' picks a registered task kind (default "
@@ -205,12 +211,25 @@ class RunConfig(BaseModel):
         registry.check_pair(self.task.kind, self.model.kind)  # type: ignore[attr-defined]
         polish = self.train.polish
         model = registry.model_kind(self.model.kind)  # type: ignore[attr-defined]
+        if self.precision != "float32" and self.dtype != "float32":
+            raise ValueError(
+                f"precision: {self.precision!r} lowers float32 arithmetic, but dtype is "
+                f"{self.dtype!r}; use precision=float32 with dtype={self.dtype}"
+            )
+        if self.precision == "bf16" and not model.trains_in_bf16:
+            bf16 = [m.name for m in registry.MODELS.values() if m.trains_in_bf16]
+            raise ValueError(
+                f"precision: 'bf16' is not allowed for model.kind {self.model.kind!r}, whose "  # type: ignore[attr-defined]
+                f"results are compared with float64 theory (allowed for: {bf16}; use float32 "
+                "or tf32)"
+            )
         if polish.steps + polish.averaging_steps > 0 and not model.has_prediction_jacobian:
             jacobian = [m.name for m in registry.MODELS.values() if m.has_prediction_jacobian]
+            field = "steps" if polish.steps > 0 else "averaging_steps"  # the field that asks
             raise ValueError(
-                "train.polish.steps: Levenberg–Marquardt polishing needs per-prompt Jacobians, "
+                f"train.polish.{field}: Levenberg–Marquardt polishing needs per-prompt Jacobians, "
                 f"which model.kind {self.model.kind!r} does not provide (models that do: "  # type: ignore[attr-defined]
-                f"{jacobian}; set train.polish.steps=0)"
+                f"{jacobian}; set train.polish.{field}=0)"
             )
         return self
 

@@ -19,9 +19,12 @@ Builders: a task class is called as ``Task(config, seeds, device=, dtype=)``; a 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -48,6 +51,11 @@ class ModelKind:
     def has_prediction_jacobian(self) -> bool:
         """Whether the model gives per-prompt Jacobians (needed by Levenberg–Marquardt)."""
         return callable(getattr(self.builder, "prediction_jacobian", None))
+
+    @property
+    def trains_in_bf16(self) -> bool:
+        """Whether the model may train under bfloat16 autocast (``precision: bf16``)."""
+        return bool(getattr(self.builder, "bf16_autocast", False))
 
 
 TASKS: dict[str, TaskKind] = {}
@@ -133,3 +141,23 @@ def import_all_modules(package: str, path: Iterable[str]) -> None:
     that the decorators of each register its kinds."""
     for info in pkgutil.iter_modules(path):
         importlib.import_module(f"{package}.{info.name}")
+
+
+def import_user_module(spec: str) -> None:
+    """Import a dotted module name or a ``.py`` file, e.g. one registering its own kinds (what
+    ``iclab --import`` does; sweep workers repeat it so they know the same kinds).
+
+    A bad spec raises ``ValueError`` naming ``--import``."""
+    path = Path(spec)
+    if spec.endswith(".py"):
+        if not path.is_file():
+            raise ValueError(f"--import: file {spec!r} does not exist")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
+        sys.modules[path.stem] = module
+        module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        return
+    try:
+        importlib.import_module(spec)
+    except ModuleNotFoundError as err:
+        raise ValueError(f"--import: cannot import {spec!r} ({err})") from None

@@ -6,6 +6,7 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -149,3 +150,43 @@ def loss_grid(
         fig.suptitle(suptitle, fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def sweep_panels(
+    rows: Sequence[Mapping[str, Any]], keys: Sequence[str], path: Path, *, title: str = ""
+) -> Path:
+    """Final test loss (mean ± std over seeds) against each swept key, one panel per key; runs
+    that agree on the other keys are joined by a line (labelled by those keys' values)."""
+    done = [r for r in rows if r.get("test_loss_mean") is not None]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.8), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        values = list(dict.fromkeys(str(r[key]) for r in rows))  # grid order
+        numeric = all(_is_number(r[key]) for r in rows)
+        groups: dict[str, list[Mapping[str, Any]]] = {}
+        for r in done:
+            label = ", ".join(f"{k}={r[k]}" for k in keys if k != key) or "loss"
+            groups.setdefault(label, []).append(r)
+        for i, (label, members) in enumerate(groups.items()):
+            members = sorted(members, key=lambda r: values.index(str(r[key])))
+            x = [float(r[key]) if numeric else values.index(str(r[key])) for r in members]
+            y = np.array([float(r["test_loss_mean"]) for r in members])
+            e = np.array([float(r["test_loss_std"] or 0.0) for r in members])
+            ax.errorbar(
+                x, y, yerr=e, marker="o", capsize=3, color=f"C{i % 10}",
+                label=label if i < 10 else None,
+            )  # fmt: skip
+        if not numeric:
+            ax.set_xticks(range(len(values)), values, rotation=30, fontsize=8)
+        if done and min(float(r["test_loss_mean"]) for r in done) > 0:
+            ax.set_yscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel("final test loss")
+        if len(groups) > 1:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

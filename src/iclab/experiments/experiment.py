@@ -31,9 +31,11 @@ import torch
 import iclab
 from iclab.analysis.report import ReportMeta, ReportRow, runs_table, write_report
 from iclab.config import ConfigError, RunConfig, apply_overrides, load_preset_dict, make_config
-from iclab.training import TrainResult, train
+from iclab.training import TrainResult
+from iclab.training.checkpoint import RunFolderError
+from iclab.training.executors import Executor, Job, LocalExecutor
 from iclab.training.run_folder import check_out_folder
-from iclab.training.trainer import load_run
+from iclab.training.trainer import TrainingDiverged, load_run
 
 B = TypeVar("B")
 
@@ -43,10 +45,15 @@ def configure(preset: str, changes: Mapping[str, Any] | None = None) -> RunConfi
 
     Values are Python objects (numbers, lists, strings), never YAML text to parse back.
     """
-    data = load_preset_dict(preset)
+    return configure_dict(load_preset_dict(preset), changes)
+
+
+def configure_dict(data: Mapping[str, Any], changes: Mapping[str, Any] | None = None) -> RunConfig:
+    """A validated config: the config mapping ``data`` with typed ``changes`` {dotted key: value}."""
+    out = dict(data)
     for key, value in (changes or {}).items():
-        data = _set(data, key, value)
-    return make_config(data)
+        out = _set(out, key, value)
+    return make_config(out)
 
 
 def _set(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
@@ -155,17 +162,25 @@ def versions() -> dict[str, str]:
     }
 
 
-def train_runs(runs: list[Run], root: Path, *, progress: bool = True) -> int:
-    """Train every run into ``root/NAME`` (completed runs are skipped, interrupted ones resume);
-    returns how many runs took at least one step now."""
+def train_runs(
+    runs: list[Run], root: Path, *, progress: bool = True, executor: Executor | None = None
+) -> int:
+    """Train every run into ``root/NAME`` on ``executor`` (default: this process, one after
+    another; completed runs are skipped, interrupted ones resume); returns how many runs took
+    at least one step now. A run that diverged or failed raises after the others finished."""
     names = [r.name for r in runs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(f"runs: duplicate run names {dupes}")
-    trained = 0
-    for r in runs:
-        trained += train(r.config, root / r.name, progress=progress).steps_run > 0
-    return trained
+    executor = executor or LocalExecutor(progress=progress)
+    outcomes = executor.run([Job(r.name, r.config, root / r.name) for r in runs])
+    errors = {"TrainingDiverged": TrainingDiverged, "RunFolderError": RunFolderError}
+    for out in outcomes:
+        if not out.ok:  # bad input stays bad input (exit 2), a failed run a failure (exit 1)
+            bad_input = out.error in ("ConfigError", "ValueError")
+            kind = ConfigError if bad_input else errors.get(out.error, RuntimeError)
+            raise kind(f"run {out.name}: {out.message}")
+    return sum(out.steps_run > 0 for out in outcomes)
 
 
 def run_experiment(
@@ -177,6 +192,7 @@ def run_experiment(
     device: str = "auto",
     progress: bool = True,
     train: bool = True,
+    executor: Executor | None = None,
 ) -> list[ReportRow]:
     """Train the experiment's runs (unless ``train=False``), analyse the run folders and write
     the report. ``budget_value`` replaces the named budget (e.g. tiny budgets in tests)."""
@@ -187,7 +203,9 @@ def run_experiment(
     commit = git_commit()  # the code that trains, even if the tree changes during the run
     b = experiment.budget(budget) if budget_value is None else budget_value
     runs = experiment.runs(b, device)
-    trained_now = train_runs(runs, out / "runs", progress=progress) if train else 0
+    trained_now = (
+        train_runs(runs, out / "runs", progress=progress, executor=executor) if train else 0
+    )
     ctx: Context[B] = Context(out, b, budget, RunSet(out / "runs", device), device, progress)
     rows = experiment.analyze(ctx)
     train_wall = sum(float(ctx.runs[r.name].info.get("wall_s", 0.0)) for r in runs)
@@ -202,6 +220,7 @@ def run_experiment(
             "runs": len(runs),
             "runs_trained_now": trained_now,  # 0: this report re-analysed finished runs
             "device": device,
+            "executor": (executor or LocalExecutor()).name,
             "train_wall_s": round(train_wall, 1),  # the runs' own training time, summed
         },
         date=started,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from iclab.analysis.report import ReportRow
 from iclab.experiments.experiment import Experiment, run_experiment
+from iclab.training.executors import Executor
 
 _PAPER_MODULE = re.compile(r"^[a-z]+\d{4}$")
 
@@ -48,13 +49,21 @@ def get_experiment(name: str) -> Experiment:
 
 
 def reproduce(
-    name: str, out: str | Path, *, quick: bool = False, device: str = "auto", progress: bool = True
+    name: str,
+    out: str | Path,
+    *,
+    quick: bool = False,
+    device: str = "auto",
+    progress: bool = True,
+    executor: Executor | None = None,
 ) -> list[ReportRow]:
-    """Train (or resume) the paper's runs for the quick or full budget and write its report."""
+    """Train (or resume) the paper's runs for the quick or full budget, on ``executor`` (default:
+    this process, one run after another), and write its report."""
     return run_experiment(
         get_experiment(name),
         out,
         budget="quick" if quick else "full",
         device=device,
         progress=progress,
+        executor=executor,
     )

@@ -22,7 +22,7 @@ and one vocabulary to inspect a trained model:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -75,6 +75,11 @@ def model_dimensions(d: int, config: Any) -> tuple[int, int, int, int]:
 
 class EnsembleModel(nn.Module):
     """Base class of the ensemble models; see the module docstring for the contract."""
+
+    #: may train under bfloat16 autocast (``precision: bf16``): only models whose numerics
+    #: tolerate an 8-bit mantissa in their matmuls (the softmax transformer), never the
+    #: closed-form comparisons of the linear models
+    bf16_autocast: ClassVar[bool] = False
 
     def __init__(
         self,

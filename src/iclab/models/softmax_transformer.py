@@ -163,6 +163,8 @@ def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
 class SoftmaxTransformer(TokenRowModel):
     """An ensemble of ``E`` GPT-2-style softmax transformers; see the module docstring."""
 
+    bf16_autocast = True
+
     def __init__(
         self,
         d: int,

@@ -41,7 +41,7 @@ import iclab
 from iclab import registry
 from iclab.atomic_io import atomic_write_json, atomic_write_text
 from iclab.config import ConfigError, RunConfig, dump_config, load_config, make_config
-from iclab.device import resolve_device, resolve_dtype
+from iclab.device import matmul_precision, peak_memory, resolve_device, resolve_dtype
 from iclab.models import EnsembleModel
 from iclab.tasks import EnsembleTask
 from iclab.training import checkpoint as io
@@ -262,10 +262,12 @@ def train(
     if on_step is not None:
         hooks.append(StepFunction(on_step))
     check_memory(config)
-    if run_dir is None:
-        return _train(config, None, resume, overwrite, hooks, None)
-    with FolderLock(run_dir):
-        return _train(config, run_dir, resume, overwrite, hooks, parent)
+    device = resolve_device(config.device)
+    with contextlib.ExitStack() as held:
+        if run_dir is not None:
+            held.enter_context(FolderLock(run_dir))
+        precision = held.enter_context(matmul_precision(config.precision, device))
+        return _train(config, run_dir, resume, overwrite, hooks, parent, precision)
 
 
 def _train(
@@ -275,10 +277,20 @@ def _train(
     overwrite: bool,
     hooks: list[Callback],
     parent: Path | None,
+    precision: str,
 ) -> TrainResult:
+    """``precision``: what :func:`matmul_precision` put into effect, recorded in ``run.json``."""
     tcfg = config.train
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    # bfloat16 autocast of the training forward (precision: bf16); evaluation stays float32
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+        if config.precision == "bf16"
+        else contextlib.nullcontext
+    )
     if run_dir is not None:
         _prepare_run_dir(config, run_dir, overwrite)
 
@@ -350,6 +362,8 @@ def _train(
         "python": platform.python_version(),
         "device": str(device),
         "dtype": config.dtype,
+        "precision": precision,
+        "threads": torch.get_num_threads(),  # float32 CPU sums are split by thread count
         "resumed_from_step": start,
         "fingerprint": fingerprint(config),
         **({"parent": lineage} if lineage else {}),
@@ -451,7 +465,8 @@ def _train(
             for g in opt.param_groups:
                 g["lr"] = lr
             try:
-                loss = objective(state, batch)
+                with autocast():
+                    loss = objective(state, batch)
             except FloatingPointError as err:  # e.g. an exp logit overflowed in kernel attention
                 raise diverged(step + 1, f"the forward pass [{err}]", None) from err
             if not torch.isfinite(loss).all():
@@ -526,6 +541,7 @@ def _train(
         session_wall_s=wall,
         steps_run=steps_run,
         steps_per_s=steps_run / wall if wall > 0 else None,
+        peak_memory=peak_memory(device),  # of this process (a sweep's runs share one)
     )
     if run_dir is not None:
         _save_final_model(run_dir, model, total, config)
