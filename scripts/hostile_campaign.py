@@ -4,7 +4,8 @@
 
 Families: bad configurations (every preset × every field × bad values, and broken YAML files),
 hard kills (SIGKILL of a training process at random instants), corrupted run folders, two
-processes on one folder, a full disk (a write failing with ENOSPC at a random point). Each case
+processes on one folder, a full disk (a write failing with ENOSPC at a random point), bad grid
+files for ``iclab sweep`` and sweeps killed at random instants. Each case
 states what iclab promises for it and is counted as behaved-as-promised or not; failures are
 listed. Nothing here is part of the test suite (the suite has its own, smaller versions).
 """
@@ -292,13 +293,98 @@ def full_disk(root: Path, quick: bool) -> None:
         record("full disk", ok, f"case {i}: exit {code}/{code2} {err[:100]!r}")
 
 
+def bad_grids(root: Path, quick: bool) -> None:
+    """Grid files with a bad value at every swept key of a preset, and malformed grid files: the
+    sweep must fail with one line naming the key, before its folder exists."""
+    import yaml
+
+    from iclab.config import load_config
+
+    rng = random.Random(3)
+    preset = "ahn2023_identity_L3"
+    keys = [k for k in leaves(load_config(preset).to_dict()) if k not in ("name", "device")]
+    cases = [(k, v) for k in keys for v in BAD_VALUES]
+    rng.shuffle(cases)
+    for i, (key, raw) in enumerate(cases[: 60 if quick else 300]):
+        value = yaml.safe_load(raw) if raw not in ("0x", "1:30") else raw
+        grid = {"preset": preset, "set": {"train.steps": 2}, "grid": {key: [value]}}
+        path = root / f"grid{i}.yaml"
+        path.write_text(yaml.safe_dump(grid))
+        out = root / f"sweep{i}"
+        code, err = cli("sweep", str(path), "--out", str(out), "--quiet")
+        if code == 0:
+            continue  # a valid value for this key (e.g. 0 where 0 is allowed)
+        named = key in err or key.split(".")[-1] in err or "memory:" in err
+        ok = code == 2 and one_clear_line(err) and named and not out.exists()
+        record("bad grid (values)", ok, f"{key}={raw}: exit {code} {err[:140]!r}")
+    files = {
+        "not a mapping": "- 1\n",
+        "no grid": "preset: ahn2023_identity_L3\n",
+        "empty list": "preset: ahn2023_identity_L3\ngrid: {model.layers: []}\n",
+        "scalar": "preset: ahn2023_identity_L3\ngrid: {model.layers: 3}\n",
+        "duplicate value": "preset: ahn2023_identity_L3\ngrid: {model.layers: [2, 2]}\n",
+        "unknown preset": "preset: nope\ngrid: {model.layers: [1]}\n",
+        "unknown top key": "preset: ahn2023_identity_L3\ngrids: {}\n",
+        "key through a value": "preset: ahn2023_identity_L3\ngrid: {seed.x: [1]}\n",
+        "huge grid": "preset: ahn2023_identity_L3\ngrid: {seed: "
+        + str(list(range(200)))
+        + ", train.lr: "
+        + str([0.001 * (i + 1) for i in range(60)])
+        + "}\n",
+        "broken YAML": "preset: [\n",
+        "alias": "preset: &p ahn2023_identity_L3\ngrid: {name: [*p]}\n",
+        "missing file": None,
+    }
+    for name, text in files.items():
+        path = root / f"{name.replace(' ', '_')}.yaml"
+        if text is not None:
+            path.write_text(text)
+        out = root / f"sweep_{path.stem}"
+        code, err = cli("sweep", str(path), "--out", str(out), "--quiet")
+        ok = code == 2 and one_clear_line(err) and not out.exists()
+        record("bad grid (file)", ok, f"{name}: exit {code} {err[:160]!r}")
+
+
+def sweep_kills(root: Path, quick: bool) -> None:
+    """SIGKILL a local sweep at random instants; the same command then finishes it with every
+    run's metrics equal to an uninterrupted sweep's."""
+    import yaml
+
+    grid = {
+        "preset": str(run_yaml(root, 120)),
+        "grid": {"model.layers": [1, 2], "seed": [0, 3]},
+    }
+    path = root / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    code, err = cli("sweep", str(path), "--out", str(root / "reference"), "--quiet")
+    assert code == 0, err
+    runs = sorted(p.name for p in (root / "reference" / "runs").iterdir())
+    ref = {r: metrics_of(root / "reference" / "runs" / r) for r in runs}
+    rng = random.Random(4)
+    for i in range(4 if quick else 12):
+        out = root / f"sweep{i}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "iclab.cli", "sweep", str(path), "--out", str(out), "--quiet"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(2.0, 8.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        code, err = cli("sweep", str(path), "--out", str(out), "--quiet")
+        same = {r: metrics_of(out / "runs" / r) for r in runs} == ref
+        ok = code == 0 and same and (out / "results.csv").is_file()
+        record("sweep killed (SIGKILL)", ok, f"kill {i}: exit {code} {err[:120]!r}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer cases per family")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="iclab-hostile-"))
     t0 = time.time()
-    for family in (bad_configs, corrupt_folders, full_disk, kills, concurrency):
+    families = (bad_configs, bad_grids, corrupt_folders, full_disk, kills, sweep_kills, concurrency)
+    for family in families:
         sub = root / family.__name__
         sub.mkdir()
         if family in (bad_configs, corrupt_folders):

@@ -109,8 +109,16 @@ def test_sweep_writes_results_figure_and_skips_completed_runs(tmp_path):
     path = write_grid(tmp_path, {"model.layers": [1, 2], "task.n": [6, 10]})
     out = tmp_path / "sweep"
     seen: list[Outcome] = []
-    rows = run_sweep(load_sweep(path), out, LocalExecutor(progress=False), on_done=seen.append)
+    statuses: list[list[str]] = []
+
+    def done(outcome: Outcome) -> None:  # the table on disk grows as runs finish
+        seen.append(outcome)
+        statuses.append([r["status"] for r in read_csv(out / "results.csv")])
+
+    rows = run_sweep(load_sweep(path), out, LocalExecutor(progress=False), on_done=done)
     assert [o.steps_run for o in seen] == [30] * 4
+    assert statuses[0] == ["completed", "pending", "pending", "pending"]
+    assert statuses[2] == ["completed", "completed", "completed", "pending"]
     table = read_csv(out / "results.csv")
     assert list(table[0]) == ["model.layers", "task.n", *COLUMNS]
     assert [(r["model.layers"], r["task.n"]) for r in table] == [

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import MaxNLocator
 
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:
@@ -177,10 +178,12 @@ def sweep_panels(
             )  # fmt: skip
         if not numeric:
             ax.set_xticks(range(len(values)), values, rotation=30, fontsize=8)
+        elif all(isinstance(r[key], int) for r in rows):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if done and min(float(r["test_loss_mean"]) for r in done) > 0:
             ax.set_yscale("log")
         ax.set_xlabel(key)
-        ax.set_ylabel("final test loss")
+        ax.set_ylabel("final test loss (mean ± std over seeds)")
         if len(groups) > 1:
             ax.legend(fontsize=7)
     if title:

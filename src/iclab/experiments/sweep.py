@@ -15,7 +15,8 @@ values and the first 8 hex digits of the configuration's fingerprint), so two gr
 folder by accident. Completed runs are skipped, interrupted ones resume from their checkpoint.
 ``DIR/results.csv`` has one row per run: the swept keys (columns named by their dotted paths),
 then ``test_loss_mean``, ``test_loss_std`` (over seeds, at the last evaluation), ``steps``,
-``wall_s``, ``status`` and ``run``; ``DIR/figures/sweep.png`` draws the final loss against each
+``wall_s``, ``status`` (pending until the run finishes: the table is rewritten as each run
+finishes) and ``run``; ``DIR/figures/sweep.png`` draws the final loss against each
 swept key. ``DIR`` is locked while a sweep writes it.
 """
 
@@ -156,9 +157,7 @@ def _last_record(run_dir: Path) -> dict[str, Any] | None:
 
 def result_row(point: Point, run_dir: Path, outcome: Outcome) -> dict[str, Any]:
     """One results.csv row, read from the run folder (whatever executor trained it)."""
-    row: dict[str, Any] = {
-        k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in point.values.items()
-    }
+    row = _pending_row(point)
     last = _last_record(run_dir) if outcome.ok else None
     losses = [float(v) for v in last["test_loss"]] if last else []
     try:
@@ -180,6 +179,11 @@ def result_row(point: Point, run_dir: Path, outcome: Outcome) -> dict[str, Any]:
         run=point.name,
     )
     return row
+
+
+def _pending_row(point: Point) -> dict[str, Any]:
+    row = {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in point.values.items()}
+    return {**row, **dict.fromkeys(COLUMNS), "status": "pending", "run": point.name}
 
 
 def write_results(path: Path, keys: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
@@ -204,13 +208,22 @@ def run_sweep(
     points = expand(spec)  # every point valid before the folder is touched
     out = check_out_folder(out, "sweep", (SWEEP_FILE, "runs"))
     executor = executor or LocalExecutor()
+    keys = list(spec.grid)
     with FolderLock(out):
         atomic_write_text(out / SWEEP_FILE, _spec_yaml(spec))
         runs = out / "runs"
+        by_name = {p.name: p for p in points}
+        table: dict[str, dict[str, Any]] = {p.name: _pending_row(p) for p in points}
+
+        def done(outcome: Outcome) -> None:  # results.csv grows as runs finish
+            table[outcome.name] = result_row(by_name[outcome.name], runs / outcome.name, outcome)
+            write_results(out / RESULTS, keys, list(table.values()))
+            if on_done is not None:
+                on_done(outcome)
+
         jobs = [Job(p.name, p.config, runs / p.name) for p in points]
-        outcomes = executor.run(jobs, on_done)
-        rows = [result_row(p, runs / p.name, o) for p, o in zip(points, outcomes, strict=True)]
-        keys = list(spec.grid)
+        executor.run(jobs, done)
+        rows = list(table.values())
         write_results(out / RESULTS, keys, rows)
         sweep_panels(rows, keys, out / "figures" / "sweep.png", title=spec.preset)
     return rows
