@@ -528,7 +528,7 @@ def _part_c(ctx: Context[Budget], ledger: BayesLedger) -> list[ReportRow]:
         w = (dd - dd.mean()) / ((dd - dd.mean()) ** 2).sum()
         G = torch.tensor(gaps, dtype=torch.float64)  # (D, E)
         slopes = (w[:, None] * G).sum(0).tolist()
-        noise = (w[:, None] ** 2 * torch.stack(trained_se) ** 2).sum(0).sqrt().tolist()
+        noise = (w[:, None] ** 2 * torch.stack(trained_se).cpu() ** 2).sum(0).sqrt().tolist()
         se = standard_error(slopes, noise)
         m = mean_std(slopes)[0]
         rho = _spearman([mean_std(g)[0] for g in gaps], dims)

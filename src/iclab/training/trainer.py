@@ -300,7 +300,7 @@ def _train(
     polish = tcfg.polish
     # first-order steps, Levenberg–Marquardt on one fixed batch, Gauss–Newton averaging steps
     total = tcfg.steps + polish.steps + polish.averaging_steps
-    damping = torch.full((config.n_seeds,), polish.damping, dtype=torch.float64)
+    damping = torch.full((config.n_seeds,), polish.damping, dtype=torch.float64, device=device)
     metrics: list[dict[str, Any]] = []
     start = 0
     lineage: dict[str, Any] = {}
@@ -315,7 +315,7 @@ def _train(
             source, config, model, opt, total, foreign=continued
         )
         if "polish.damping" in tensors:
-            damping = tensors["polish.damping"].to(torch.float64)
+            damping = tensors["polish.damping"].to(device, torch.float64)
         lineage = meta.get("parent") or {}
         if continued:
             lineage = {
