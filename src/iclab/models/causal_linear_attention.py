@@ -19,20 +19,28 @@ initialization ``W^{KQ}_{21} = a·I``, ``W^{PV}_{11} = b·I`` (all else 0) gives
 (:func:`iclab.theory.linear_dynamics.mesa_optimizer.mesa_optimizer_prediction`), tested equal to 1e-10 in
 float64.
 
-**Computation (exact, O(T·d²) per sequence, no T×T matrix).** ``C_t = E_t E_tᴴ = Σ_{i≤t} e_i e_iᴴ``
-does not depend on the parameters, so :meth:`~CausalLinearAttention.prepare` forms it once per
-data set as a cumulative sum of outer products, ``(E, m, T, 2d, 2d)`` (4d² complex numbers per
-position: 800 MB in complex64 for m = 10 000, T = 100, d = 5), and every forward/backward reuses
-it: ``k_t = W^{KQ} e_t``, ``u_t = C_t k_t`` (one batched 2d×2d mat-vec per position),
-``ŷ_t = W^{PV} u_t / (t−1)``; the backward needs only ``C_tᴴ`` times the gradient of ``u_t``
-(``C_t`` carries no gradient). Per step that is O(T·d²) time and O(T·d) extra memory per sequence.
-Alternatives considered: prefix sums of ``(W^{PV} e_i) e_iᴴ`` (2d² per position) depend on the
-parameters, so they must be rebuilt (outer products + cumsum under autograd) every step, which
-costs more per step than a mat-vec against a fixed ``C_t``; the block form
-``C_t = [[A_t, B_t], [B_tᴴ, A_{t−1}]]`` (``A_t = Σ x_i x_iᴴ``, ``B_t = Σ x_i x_{i−1}ᴴ``) halves
-the memory but needs four d×d mat-vecs and measured ~1.4–2× slower on CPU; a chunked
-(intra-chunk scores + chunk-boundary states) form was not faster either. :func:`naive_predict_all`
-forms ``E_t E_tᴴ`` from the tokens for every t (O(T²·d²)); it is the reference in the tests.
+**Computation (exact, two interchangeable forms).** ``C_t = E_t E_tᴴ = Σ_{i≤t} e_i e_iᴴ`` does not
+depend on the parameters. Every loss position t = 2..T−1 gives ``ŷ_t = W^{PV} (F_t κ)`` with
+``κ = vec W^{KQ}`` and data features ``F_t[p, (q, r)] = C_t[p, q] e_t[r] / (t − 1)``: the loss is a
+quadratic form in the prediction, so it and its gradients follow exactly from the moments
+``M = Σ_{seq,t} F̄_t ⊗ F_t`` ((2d·4d²)² = 10⁶ complex numbers for d = 5), ``H = Σ x̄_{t+1} ⊗ F_t``
+and ``S = Σ‖x_{t+1}‖²`` (:mod:`iclab.models.prediction_moments`); an epoch then costs O(d⁶)
+whatever m is. For d = 5 M is larger than the data for m < 2000 (T = 100), and summing it costs
+≈ 5·10⁵ complex multiply-adds per position (one pass, complex128 GEMMs), about as much as 40
+streamed epochs on CPU. The restricted sets use the same identity with far smaller moments
+(``diagonal_blocks``: ``F_t[p, (q, r)] = B_t[p, q] x_t[r] / (t − 1)`` with
+``B_t = Σ_{i≤t} x_i x_{i−1}ᴴ``, d⁶ numbers; ``scalars``: ``F_t = B_t x_t / (t − 1)``, d²). So a
+:class:`SequenceState` starts by **streaming**: chunks of sequences form their ``C_t`` (cumulative
+sums of outer products, at most :data:`CHUNK_BYTES` at a time), ``k_t = W^{KQ} e_t``,
+``u_t = C_t k_t``, ``ŷ_t = W^{PV} u_t / (t−1)``, and the gradients are summed in the same pass
+(``C_t`` is Hermitian, so the backward is ``C_t`` times the gradient of ``u_t``); memory is the
+data plus one chunk, whatever m and the number of epochs. After
+:meth:`~CausalLinearAttention.moment_threshold` gradient evaluations on the same state (≈ the
+build's cost in epochs: 40 for d = 5 and all weights, 1 for the restricted sets) it builds the
+moments once and every later loss on it uses them. Both forms are tested equal to
+:func:`naive_predict_all`, which forms ``E_t E_tᴴ`` from the tokens for every t (O(T²·d²)), to
+1e-10 in float64, gradients included. (Storing all ``C_t``, the previous form, took 800 MB in
+complex64 for m = 10 000, T = 100, d = 5 and was re-read twice per epoch.)
 
 **Parameters** ``W_KQ`` (E, 2d, 2d) and ``W_PV`` (E, d, 2d) are complex (complex64 for float32,
 complex128 for float64). PyTorch's gradient of a real loss w.r.t. a complex parameter is
@@ -64,9 +72,9 @@ part and ``ab_complex()`` the full value.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, Field
@@ -75,6 +83,13 @@ from torch import nn
 from iclab.batches import SequenceBatch
 from iclab.device import complex_dtype
 from iclab.models.ensemble import EnsembleModel
+from iclab.models.prediction_moments import (
+    PredictionMoments,
+    accumulate_moments,
+    empty_moments,
+    mirror_moments,
+    moment_loss,
+)
 from iclab.registry import register_model
 from iclab.seeding import make_generator
 from iclab.validation import STRICT_CONFIG, FiniteFloat
@@ -82,7 +97,7 @@ from iclab.validation import STRICT_CONFIG, FiniteFloat
 __all__ = [
     "CausalLinearAttention",
     "CausalLinearAttentionConfig",
-    "PrefixGramState",
+    "SequenceState",
     "naive_predict_all",
     "tokens",
 ]
@@ -111,13 +126,19 @@ class CausalLinearAttentionConfig(BaseModel):
     )
 
 
-@dataclass(frozen=True)
-class PrefixGramState:
-    """Parameter-free state of a data set: tokens, prefix Gram matrices and the sequences."""
+# Largest working tensor of one chunk of sequences (prefix Gram sums, moment features), bytes.
+CHUNK_BYTES = 64 * 2**20
 
-    e: torch.Tensor  # (E, m, T, 2d) tokens e_t = [x_t; x_{t-1}]
-    C: torch.Tensor  # (E, m, T, 2d, 2d) C_t = Σ_{i≤t} e_i e_iᴴ
+
+@dataclass(eq=False)
+class SequenceState:
+    """Parameter-free state of a data set: the sequences and their tokens; the prediction
+    moments once built (see the module docstring, "Computation")."""
+
     x: torch.Tensor  # (E, m, T, d) the sequences (targets x_{t+1})
+    e: torch.Tensor  # (E, m, T, 2d) tokens e_t = [x_t; x_{t-1}]
+    moments: PredictionMoments | None = None
+    gradient_calls: int = field(default=0)
 
 
 def tokens(x: torch.Tensor) -> torch.Tensor:
@@ -147,6 +168,76 @@ def naive_predict_all(W_KQ: torch.Tensor, W_PV: torch.Tensor, x: torch.Tensor) -
         u = (Ct @ k.unsqueeze(-1)).squeeze(-1)
         out.append(torch.einsum("eij,emj->emi", W_PV, u) / (t - 1))
     return torch.stack(out, dim=-2)
+
+
+def _prefix_gram(e: torch.Tensor) -> torch.Tensor:
+    """``C_t = Σ_{i≤t} e_i e_iᴴ`` (…, T, 2d, 2d) from tokens e (…, T, 2d)."""
+    C = e.unsqueeze(-1) * e.conj().unsqueeze(-2)
+    return C.cumsum_(dim=-3) if not C.requires_grad else C.cumsum(dim=-3)
+
+
+def _chunks(m: int, per_sequence_bytes: int) -> Iterator[slice]:
+    """Slices of the m sequences whose working tensors stay within :data:`CHUNK_BYTES`."""
+    step = max(1, CHUNK_BYTES // max(1, per_sequence_bytes))
+    for start in range(0, m, step):
+        yield slice(start, min(m, start + step))
+
+
+def _gram_bytes(x: torch.Tensor) -> int:
+    """Bytes of the prefix Gram sums of one sequence (all members)."""
+    E, _, T, d = x.shape
+    return E * T * (2 * d) ** 2 * x.element_size()
+
+
+def _stream_loss(
+    W_KQ: torch.Tensor, W_PV: torch.Tensor, x: torch.Tensor, grads: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The loss per member (E,) and, if ``grads``, its gradients (PyTorch's complex convention
+    ``∂L/∂Re + i ∂L/∂Im``) w.r.t. ``W_KQ`` and ``W_PV``, chunk by chunk over the sequences, so
+    that no more than one chunk's prefix Gram sums exist at a time. With ``r_t = ŷ_t − x_{t+1}``
+    and ``u_t = C_t k_t``: ``∇W_PV = (1/m) Σ s_t r_t u_tᴴ``, ``g_t = C_t (s_t W_PVᴴ r_t)``
+    (``C_t`` is Hermitian) and ``∇W_KQ = (1/m) Σ g_t e_tᴴ``."""
+    W_KQ, W_PV = W_KQ.detach(), W_PV.detach()
+    E, m, T, _ = x.shape
+    s = _inv_t_minus_1(T, x.device, x.real.dtype)[1 : T - 1]
+    loss = torch.zeros(E, dtype=x.real.dtype, device=x.device)
+    g_kq = torch.zeros_like(W_KQ) if grads else None
+    g_pv = torch.zeros_like(W_PV) if grads else None
+    for sl in _chunks(m, 2 * _gram_bytes(x)):
+        xc = x[:, sl]
+        e = tokens(xc)
+        C = _prefix_gram(e)[:, :, 1 : T - 1]
+        e = e[:, :, 1 : T - 1]
+        k = torch.einsum("eij,emtj->emti", W_KQ, e)
+        u = (C @ k.unsqueeze(-1)).squeeze(-1)
+        r = torch.einsum("eij,emtj->emti", W_PV, u) * s - xc[:, :, 2:]
+        loss += 0.5 * (r.real.square() + r.imag.square()).sum((1, 2, 3))
+        if grads:
+            rs = r * s
+            g_pv += torch.einsum("emti,emtj->eij", rs, u.conj())
+            gu = torch.einsum("eji,emtj->emti", W_PV.conj(), rs)
+            g = (C @ gu.unsqueeze(-1)).squeeze(-1)
+            g_kq += torch.einsum("emti,emtj->eij", g, e.conj())
+    if grads:
+        return loss / m, g_kq / m, g_pv / m
+    return loss / m, None, None
+
+
+class _StreamLoss(torch.autograd.Function):
+    """:func:`_stream_loss` as an autograd node: the gradients are summed in the forward pass,
+    chunk by chunk, and scaled by the incoming (E,) gradient in the backward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, W_KQ: torch.Tensor, W_PV: torch.Tensor, x: torch.Tensor):
+        loss, g_kq, g_pv = _stream_loss(W_KQ, W_PV, x, grads=True)
+        ctx.save_for_backward(g_kq, g_pv)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        g_kq, g_pv = ctx.saved_tensors
+        w = grad[:, None, None]
+        return w * g_kq, w * g_pv, None
 
 
 @register_model(
@@ -197,9 +288,17 @@ class CausalLinearAttention(EnsembleModel):
     def activation_bytes(
         cls, d: int, config: CausalLinearAttentionConfig, tokens: int, itemsize: int
     ) -> int:
-        """Per sequence: the prefix Gram sums (counted with the data) and a few 2d vectors per
-        position; no T × T matrix is ever formed."""
-        return 6 * tokens * 2 * d * itemsize
+        """Per sequence (the tokens are counted with the data): the predictions and their
+        gradients (two 2d vectors per position) and the final Gram sum ``C_T`` (4d²) of the
+        evaluation; prefix Gram sums exist for one chunk at a time only (:meth:`state_bytes`)."""
+        return (2 * tokens * 2 * d + (2 * d) ** 2) * itemsize
+
+    @classmethod
+    def state_bytes(cls, d: int, config: CausalLinearAttentionConfig, itemsize: int) -> int:
+        """Per member, independent of the number of sequences: the prediction moments (complex128)
+        and the working tensors of one chunk (a few times :data:`CHUNK_BYTES`)."""
+        _, p, k = _moment_shape(d, config.trainable)
+        return 16 * ((p * k) ** 2 + d * p * k) + 4 * CHUNK_BYTES
 
     def projected_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W_KQ, W_PV)`` as used by the forward: the trainable-set projection Π of the raw ones."""
@@ -311,26 +410,35 @@ class CausalLinearAttention(EnsembleModel):
             raise ValueError(f"x: expected shape (E={E}, m, T, d={self.d}), got {tuple(x.shape)}")
         return x.to(device=self.device, dtype=self.complex_dtype)
 
-    def prepare(self, data: torch.Tensor | object) -> PrefixGramState:
-        """Parameter-free state of sequences x (E, m, T, d) (or a batch with ``.x``).
-
-        Forms ``C_t = Σ_{i≤t} e_i e_iᴴ`` once; reuse it for every step on the same data.
-        """
+    def prepare(self, data: torch.Tensor | object) -> SequenceState:
+        """Parameter-free state of sequences x (E, m, T, d) (or a batch with ``.x``); reuse it
+        for every step on the same data (the moments are built on it when they pay)."""
         x = data if torch.is_tensor(data) else data.x  # type: ignore[attr-defined]
         x = self._check_x(x)
-        e = tokens(x)
-        C = e.unsqueeze(-1) * e.conj().unsqueeze(-2)  # (E, m, T, 2d, 2d)
-        C = C.cumsum_(dim=-3) if not C.requires_grad else C.cumsum(dim=-3)
-        return PrefixGramState(e=e, C=C, x=x)
+        return SequenceState(x=x, e=tokens(x))
 
-    def predict_prepared(self, state: PrefixGramState) -> torch.Tensor:
-        """ŷ (E, m, T, d) from :meth:`prepare`'s state; ŷ_1 = 0."""
+    def predict_prepared(self, state: SequenceState) -> torch.Tensor:
+        """ŷ (E, m, T, d) from :meth:`prepare`'s state; ŷ_1 = 0 (chunked prefix Gram sums)."""
         W_KQ, W_PV = self.projected_weights()
-        k = torch.einsum("eij,emtj->emti", W_KQ, state.e)
-        u = (state.C @ k.unsqueeze(-1)).squeeze(-1)
-        y = torch.einsum("eij,emtj->emti", W_PV, u)
-        T = state.e.shape[-2]
-        return y * _inv_t_minus_1(T, y.device, y.real.dtype)
+        T = state.x.shape[-2]
+        scale = _inv_t_minus_1(T, state.x.device, state.x.real.dtype)
+        out = []
+        for sl in _chunks(state.x.shape[1], _gram_bytes(state.x)):
+            e = state.e[:, sl]
+            k = torch.einsum("eij,emtj->emti", W_KQ, e)
+            u = (_prefix_gram(e) @ k.unsqueeze(-1)).squeeze(-1)
+            out.append(torch.einsum("eij,emtj->emti", W_PV, u) * scale)
+        return torch.cat(out, dim=1)
+
+    def final_prediction(self, state: SequenceState) -> torch.Tensor:
+        """ŷ_T (E, m, d), the prediction of the unseen x_{T+1}, from ``C_T = E_Tᴴ`` sums only."""
+        W_KQ, W_PV = self.projected_weights()
+        e = state.e
+        T = e.shape[-2]
+        C = e.mT @ e.conj()  # Σ_t e_t e_tᴴ (E, m, 2d, 2d)
+        k = torch.einsum("eij,emj->emi", W_KQ, e[..., -1, :])
+        u = (C @ k.unsqueeze(-1)).squeeze(-1)
+        return torch.einsum("eij,emj->emi", W_PV, u) / max(T - 1, 1)
 
     def predict_all(self, x: torch.Tensor) -> torch.Tensor:
         """Predictions ŷ_t of x_{t+1} for all t, (E, m, T, d) complex; ŷ_1 = 0 (undefined)."""
@@ -339,27 +447,76 @@ class CausalLinearAttention(EnsembleModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.predict_all(x)
 
-    def loss_prepared(self, state: PrefixGramState, batch: object = None) -> torch.Tensor:
+    # ------------------------------------------------------------------------ loss
+    def moment_threshold(self) -> int:
+        """Gradient evaluations on one state after which its moments are built: about the
+        number of streaming epochs that cost as much as the build (ski rental: never more than
+        about twice the cheaper of the two; 1 for the restricted sets, whose moments are small).
+        Build ≈ (p·k)²/2 GEMM multiply-adds per position against ≈ 25·(2d)² slower streaming
+        ones per epoch, measured on CPU (d = 5, all: ≈ 40)."""
+        _, p, k = _moment_shape(self.d, self.config.trainable)
+        return max(1, math.ceil((p * k) ** 2 / (250 * (2 * self.d) ** 2)))
+
+    @torch.no_grad()
+    def build_moments(self, state: SequenceState) -> PredictionMoments:
+        """Sum the prediction moments of ``state`` (once; cached on it), chunk by chunk."""
+        if state.moments is None:
+            x = state.x
+            E, m, T, d = x.shape
+            a, p, k = _moment_shape(d, self.config.trainable)
+            mom = empty_moments(E, a, p, k, x.device)
+            per_seq = E * T * (p * k + (2 * d) ** 2) * 16 * 2
+            for sl in _chunks(m, per_seq):
+                F, y = _moment_features(x[:, sl], self.config.trainable)
+                accumulate_moments(mom, F, y)
+            mirror_moments(mom)
+            state.moments = mom
+        return state.moments
+
+    def _moment_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(P, κ)`` of the moment form for the trainable set (module docstring)."""
+        W_KQ, W_PV = self.projected_weights()
+        d, mode = self.d, self.config.trainable
+        if mode == "all":
+            return W_PV, W_KQ.flatten(1)
+        if mode == "diagonal_blocks":
+            return W_PV[..., :d], W_KQ[..., d:, :d].flatten(1)
+        return W_PV[..., :d], _diag_mean(W_KQ[..., d:, :d]).unsqueeze(-1)
+
+    def loss_prepared(self, state: SequenceState, batch: object = None) -> torch.Tensor:
         """(1/m) Σ_seq Σ_{t=2}^{T−1} ½‖ŷ_t − x_{t+1}‖² per member, real (E,) (the trainer's
-        objective hook; ``batch`` is not needed: the targets are the sequences themselves)."""
-        T = state.x.shape[-2]
+        objective hook; ``batch`` is not needed: the targets are the sequences themselves).
+
+        From the moments once built (see :meth:`moment_threshold`), else streamed chunk by chunk;
+        both are exact (module docstring)."""
+        _, m, T, _ = state.x.shape
         if T < 3:
             raise ValueError(f"T: the loss needs T >= 3 (t = 2..T−1), got {T}")
-        y = self.predict_prepared(state)
-        r = y[..., 1 : T - 1, :] - state.x[..., 2:, :]
-        return 0.5 * (r.real.square() + r.imag.square()).sum(dim=(-1, -2)).mean(dim=-1)
+        rd = state.x.real.dtype
+        grads = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        if grads:
+            state.gradient_calls += 1
+            if state.gradient_calls >= self.moment_threshold():
+                self.build_moments(state)
+        if state.moments is not None:
+            P, kappa = self._moment_weights()
+            return (moment_loss(P, kappa, state.moments) / m).to(rd)
+        W_KQ, W_PV = self.projected_weights()
+        if grads:
+            return _StreamLoss.apply(W_KQ, W_PV, state.x)
+        return _stream_loss(W_KQ, W_PV, state.x, grads=False)[0]
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         """The paper's loss per member (E,) on sequences x (E, m, T, d)."""
         return self.loss_prepared(self.prepare(x))
 
     @torch.no_grad()
-    def eval_metrics(self, state: PrefixGramState, batch: object) -> dict[str, list[float]]:
+    def eval_metrics(self, state: SequenceState, batch: object) -> dict[str, list[float]]:
         """Per-seed diagnostics logged by the trainer at every evaluation: ``ab`` (real part of
         the product of the diagonal-block means), ``final_ratio`` (mean over sequences and
         coordinates with x_{T+1, j} ≠ 0 of Re(ŷ_T,j / x_{T+1, j}); theory: c*·|x_1j|²) and
         ``final_mse`` (mean ‖ŷ_T − x_{T+1}‖²) and ``off_diagonal`` (:meth:`off_diagonal_drift`)."""
-        y = self.predict_prepared(state)[..., -1, :]  # ŷ_T (E, m, d)
+        y = self.final_prediction(state)  # ŷ_T (E, m, d)
         truth = batch.next_state().to(y.dtype)  # type: ignore[attr-defined]
         ok = truth.abs() > 1e-12
         ratio = torch.where(ok, (y / torch.where(ok, truth, 1)).real, 0)
@@ -375,3 +532,34 @@ class CausalLinearAttention(EnsembleModel):
 
 def _diag_mean(block: torch.Tensor) -> torch.Tensor:
     return torch.diagonal(block, dim1=-2, dim2=-1).mean(dim=-1)
+
+
+def _moment_shape(d: int, mode: str) -> tuple[int, int, int]:
+    """(a, p, k) of the moment form ``ŷ = P (F κ)`` for a trainable set (module docstring)."""
+    if mode == "all":
+        return d, 2 * d, 4 * d * d
+    if mode == "diagonal_blocks":
+        return d, d, d * d
+    return d, d, 1
+
+
+def _moment_features(x: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features ``F_n`` (E, n, p, k) and targets ``x_{t+1}`` (E, n, d) of the loss positions
+    t = 2..T−1 of sequences x (E, m, T, d), n = m·(T − 2), in complex128."""
+    x = x.to(torch.complex128)
+    E, m, T, d = x.shape
+    e = tokens(x)
+    C = _prefix_gram(e)[:, :, 1 : T - 1]
+    s = _inv_t_minus_1(T, x.device, torch.float64)[1 : T - 1, :, None]
+    e = e[:, :, 1 : T - 1]
+    if mode == "all":  # F[p, (q, r)] = s C[p, q] e[r]
+        F = (s * C).unsqueeze(-1) * e[..., None, None, :]
+    else:
+        B = s * C[..., :d, d:]  # s_t B_t, B_t = Σ_{i≤t} x_i x_{i−1}ᴴ
+        xt = e[..., :d]
+        if mode == "diagonal_blocks":  # F[p, (q, r)] = s B[p, q] x_t[r]
+            F = B.unsqueeze(-1) * xt[..., None, None, :]
+        else:  # F[p, 0] = s (B x_t)[p]
+            F = (B @ xt.unsqueeze(-1)).unsqueeze(-1)
+    n = m * (T - 2)
+    return F.reshape(E, n, F.shape[-3], -1), x[:, :, 2:].reshape(E, n, d)

@@ -126,6 +126,12 @@ class EnsembleModel(nn.Module):
         layers, heads, width, mlp = model_dimensions(d, config)
         return layers * tokens * (4 * width + mlp + 2 * heads * tokens) * itemsize
 
+    @classmethod
+    def state_bytes(cls, d: int, config: Any, itemsize: int) -> int:
+        """Memory one member keeps whatever the batch size (statistics of a data set, working
+        buffers of a chunked pass); default none."""
+        return 0
+
     # ------------------------------------------------------------------ inspection
     def residual_stream(self, batch: Any) -> list[torch.Tensor]:
         """Token representations after the embedding and after every layer."""

@@ -33,21 +33,21 @@ def estimate_bytes(config: RunConfig) -> dict[str, int]:
     d = _int(getattr(task, "d", 1), 1)
     polish = train.polish.steps + train.polish.averaging_steps > 0
     batch = train.batch_size + train.test_size + (train.polish.batch_size if polish else 0)
-    if hasattr(task, "T"):  # sequences: T tokens of 2d complex entries, prefix Gram sums 4d²
+    if hasattr(task, "T"):  # sequences: T tokens of 2d complex entries
         tokens, width, item = _int(task.T, 1), 2 * d, 2 * item
-        gram = E * batch * tokens * width * width * item
     else:
-        tokens, width, gram = _int(getattr(task, "n", 1), 1) + 1, d + 1, 0
+        tokens, width = _int(getattr(task, "n", 1), 1) + 1, d + 1
     layers, heads, hidden, mlp = model_dimensions(width - 1, model)
-    data = 3 * E * batch * tokens * width * item + gram
+    data = 3 * E * batch * tokens * width * item
     model_class = registry.model_kind(model.kind).builder  # type: ignore[attr-defined]
     per_prompt = model_class.activation_bytes(d, model, tokens, item)
+    per_member = model_class.state_bytes(d, model, item)
     params_per_member = layers * (heads * 2 * (hidden + 1) ** 2 + 2 * hidden * mlp) + width * hidden
     parameters = 4 * E * params_per_member * item  # values, gradients, two Adam moments
     jacobians = E * train.polish.batch_size * params_per_member * 8 if polish else 0
     return {
         "data": data,
-        "activations": E * batch * per_prompt,
+        "activations": E * (batch * per_prompt + per_member),
         "parameters": parameters,
         "jacobians": jacobians,
     }
