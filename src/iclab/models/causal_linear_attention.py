@@ -37,7 +37,11 @@ sums of outer products, at most :data:`CHUNK_BYTES` at a time), ``k_t = W^{KQ} e
 data plus one chunk, whatever m and the number of epochs. After
 :meth:`~CausalLinearAttention.moment_threshold` gradient evaluations on the same state (≈ the
 build's cost in epochs: 40 for d = 5 and all weights, 1 for the restricted sets) it builds the
-moments once and every later loss on it uses them. Both forms are tested equal to
+moments once and every later loss on it uses them (summed and contracted in complex128, then
+cast to the working dtype: in float32 the two forms differ by float32 rounding only; a resumed run
+counts again from its restart). M is the smallest exact statistic in general: the loss depends
+on ``W^{PV}`` through ``W^{PV}ᴴW^{PV}`` (4d² numbers) and on ``W^{KQ}`` through ``κκᴴ`` (16d⁴),
+and every position adds a generic rank-one term. Both forms are tested equal to
 :func:`naive_predict_all`, which forms ``E_t E_tᴴ`` from the tokens for every t (O(T²·d²)), to
 1e-10 in float64, gradients included. (Storing all ``C_t``, the previous form, took 800 MB in
 complex64 for m = 10 000, T = 100, d = 5 and was re-read twice per epoch.)
