@@ -399,3 +399,30 @@ def test_measured_peak_memory_does_not_grow_with_epochs_or_hold_all_gram_sums():
     gram = m * 100 * 10 * 10 * 8
     assert peaks[0] < gram / 3, peaks
     assert peaks[1] < peaks[0] + 64 * 2**20, peaks  # more epochs, no more memory
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_pair_symmetric_moments_equal_the_plain_sums(d):
+    # GramTokenMoments sums half the products and unfolds them by the symmetries of M
+    from iclab.models.causal_linear_attention import _moment_features
+    from iclab.models.prediction_moments import (
+        GramTokenMoments,
+        accumulate_moments,
+        empty_moments,
+        mirror_moments,
+    )
+
+    x = _data(E=2, m=5, T=8, d=d)
+    F, y = _moment_features(x, "all")
+    plain = empty_moments(2, d, 2 * d, 4 * d * d, x.device)
+    accumulate_moments(plain, F, y)
+    mirror_moments(plain)
+    sums = GramTokenMoments(2, d, 2 * d, x.device)
+    e = tokens(x)
+    C = e.unsqueeze(-1) * e.conj().unsqueeze(-2)
+    s = 1.0 / torch.arange(1, 7, dtype=F64)[:, None]  # 1/(t−1), t = 2..T−1
+    sums.add(C.cumsum(-3)[:, :, 1:-1].flatten(1, 2), (e[:, :, 1:-1] * s).flatten(1, 2), y)
+    fast = sums.finish()
+    assert plain.M.abs().max() > 1
+    for a, b in ((fast.M, plain.M), (fast.H, plain.H), (fast.S, plain.S)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12 * float(b.abs().max()))

@@ -26,8 +26,9 @@ quadratic form in the prediction, so it and its gradients follow exactly from th
 ``M = Σ_{seq,t} F̄_t ⊗ F_t`` ((2d·4d²)² = 10⁶ complex numbers for d = 5), ``H = Σ x̄_{t+1} ⊗ F_t``
 and ``S = Σ‖x_{t+1}‖²`` (:mod:`iclab.models.prediction_moments`); an epoch then costs O(d⁶)
 whatever m is. For d = 5 M is larger than the data for m < 2000 (T = 100), and summing it costs
-≈ 5·10⁵ complex multiply-adds per position (one pass, complex128 GEMMs), about as much as 40
-streamed epochs on CPU. The restricted sets use the same identity with far smaller moments
+≈ 2.8·10⁵ complex multiply-adds per position (one pass, complex128 GEMMs, only the products
+that the symmetries of M leave distinct: :class:`~iclab.models.prediction_moments.GramTokenMoments`),
+about as much as 40 streamed epochs on CPU. The restricted sets use the same identity with far smaller moments
 (``diagonal_blocks``: ``F_t[p, (q, r)] = B_t[p, q] x_t[r] / (t − 1)`` with
 ``B_t = Σ_{i≤t} x_i x_{i−1}ᴴ``, d⁶ numbers; ``scalars``: ``F_t = B_t x_t / (t − 1)``, d²). So a
 :class:`SequenceState` starts by **streaming**: chunks of sequences form their ``C_t`` (cumulative
@@ -88,6 +89,7 @@ from iclab.batches import SequenceBatch
 from iclab.device import complex_dtype
 from iclab.models.ensemble import EnsembleModel
 from iclab.models.prediction_moments import (
+    GramTokenMoments,
     PredictionMoments,
     accumulate_moments,
     empty_moments,
@@ -468,13 +470,24 @@ class CausalLinearAttention(EnsembleModel):
             x = state.x
             E, m, T, d = x.shape
             a, p, k = _moment_shape(d, self.config.trainable)
-            mom = empty_moments(E, a, p, k, x.device)
-            per_seq = E * T * (p * k + (2 * d) ** 2) * 16 * 2
-            for sl in _chunks(m, per_seq):
-                F, y = _moment_features(x[:, sl], self.config.trainable)
-                accumulate_moments(mom, F, y)
-            mirror_moments(mom)
-            state.moments = mom
+            if self.config.trainable == "all":  # F[p, (q, r)] = C_t[p, q] · s_t e_t[r]
+                sums = GramTokenMoments(E, d, 2 * d, x.device)
+                s = _inv_t_minus_1(T, x.device, torch.float64)[1 : T - 1]
+                for sl in _chunks(m, E * T * 4 * (2 * d) ** 2 * 16):
+                    xc = x[:, sl].to(torch.complex128)
+                    e = tokens(xc)
+                    C = _prefix_gram(e)[:, :, 1 : T - 1].flatten(1, 2)
+                    e = (e[:, :, 1 : T - 1] * s).flatten(1, 2)
+                    sums.add(C, e, xc[:, :, 2:].flatten(1, 2))
+                state.moments = sums.finish()
+            else:
+                mom = empty_moments(E, a, p, k, x.device)
+                per_seq = E * T * (p * k + (2 * d) ** 2) * 16 * 2
+                for sl in _chunks(m, per_seq):
+                    F, y = _moment_features(x[:, sl], self.config.trainable)
+                    accumulate_moments(mom, F, y)
+                mirror_moments(mom)
+                state.moments = mom
         return state.moments
 
     def _moment_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -556,7 +569,7 @@ def _moment_features(x: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Te
     C = _prefix_gram(e)[:, :, 1 : T - 1]
     s = _inv_t_minus_1(T, x.device, torch.float64)[1 : T - 1, :, None]
     e = e[:, :, 1 : T - 1]
-    if mode == "all":  # F[p, (q, r)] = s C[p, q] e[r]
+    if mode == "all":  # F[p, (q, r)] = s C[p, q] e[r] (built by GramTokenMoments instead)
         F = (s * C).unsqueeze(-1) * e[..., None, None, :]
     else:
         B = s * C[..., :d, d:]  # s_t B_t, B_t = Σ_{i≤t} x_i x_{i−1}ᴴ

@@ -13,8 +13,9 @@ moment ``H_{cjl} = Σ_n conj(y_n[c]) F_n[j,l]`` and ``S = Σ_n ‖y_n‖²``. Th
 through this closed form) costs O((p·k)²) per member whatever N is.
 
 **Cost and precision.** Summing M costs about ``(p·k)²/2`` complex multiply-adds per data point
-(the Hermitian half, as one GEMM per block row j ≤ j'), so it pays only when the same data set is
-differentiated many times (full-batch training). The three terms cancel where the fit is good
+(the Hermitian half, as one GEMM per block row j ≤ j'; about half that again for features
+``C[j, q] e[r]`` with C Hermitian, :class:`GramTokenMoments`), so it pays only when the same data
+set is differentiated many times (full-batch training). The three terms cancel where the fit is good
 (``ŷ ≈ y``), so the moments are summed and contracted in complex128 whatever the working dtype:
 the loss then agrees with the direct sum to float64 round-off relative to ``S``.
 """
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
+    "GramTokenMoments",
     "PredictionMoments",
     "accumulate_moments",
     "empty_moments",
@@ -92,3 +94,59 @@ def moment_loss(P: torch.Tensor, kappa: torch.Tensor, mom: PredictionMoments) ->
     quad = (G * V).sum((-1, -2)).real
     lin = torch.einsum("ecj,el,ecjl->e", P, kappa, mom.H).real
     return 0.5 * quad - lin + 0.5 * mom.S
+
+
+class GramTokenMoments:
+    """The moments of features ``F[j, (q, r)] = C[j, q] e[r]`` with C Hermitian (D×D) and
+    e ∈ C^D, at about half the cost of :func:`accumulate_moments`.
+
+    With ``c_u = C[u]`` (u a pair of indices) and ``C̄[j, q] = C[q, j]``,
+    ``M[(j,q,r),(j',q',r')] = Σ c_{(q,j)} c_{(j',q')} ē_r e_{r'} =: N[{(q,j), (j',q')}, r, r']``
+    depends on the unordered pair of C entries only, and ``N[{u, v}, r, r'] =
+    conj N[{uᵀ, vᵀ}, r', r]``: only u ≤ v and r ≤ r' are summed (D⁴/2 · D²/2 products per point
+    instead of D⁶/2), and :meth:`finish` unfolds them into M.
+    """
+
+    def __init__(self, E: int, a: int, D: int, device: torch.device) -> None:
+        self.D = D
+        self.r, self.rr = torch.triu_indices(D, D, device=device)
+        self.N = torch.zeros(E, D * D, D * D, self.r.numel(), dtype=_ACC, device=device)
+        self.H = torch.zeros(E, a, D, D, D, dtype=_ACC, device=device)  # [c, j, q, r]
+        self.S = torch.zeros(E, dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def add(self, C: torch.Tensor, e: torch.Tensor, y: torch.Tensor) -> None:
+        """Add points: C (E, n, D, D) Hermitian, e (E, n, D), targets y (E, n, a)."""
+        E, n, D, _ = C.shape
+        c = C.to(_ACC).reshape(E, n, D * D)
+        e = e.to(_ACC)
+        y = y.to(_ACC)
+        b = e.conj()[..., self.r] * e[..., self.rr]  # ē_r e_r' for r ≤ r'
+        for u in range(D * D):
+            self.N[:, u, u:] += c[..., u:].mT @ (c[..., u : u + 1] * b)
+        left = (y.conj().unsqueeze(-1) * e.unsqueeze(-2)).reshape(E, n, -1)  # ȳ_c e_r
+        H = (left.mT @ c).view(E, y.shape[-1], D, D, D)  # [c, r, j, q]
+        self.H += H.permute(0, 1, 3, 4, 2)
+        self.S += y.real.square().sum((1, 2)) + y.imag.square().sum((1, 2))
+
+    @torch.no_grad()
+    def finish(self) -> PredictionMoments:
+        """The summed moments in the layout of :class:`PredictionMoments` (p = D, k = D²)."""
+        D, dev = self.D, self.N.device
+        E = self.N.shape[0]
+        pair = torch.zeros(D, D, dtype=torch.long, device=dev)  # (r ≤ r') -> column of N
+        pair[self.r, self.rr] = torch.arange(self.r.numel(), device=dev)
+        j, q, r, j2, q2, r2 = torch.meshgrid(*[torch.arange(D, device=dev)] * 6, indexing="ij")
+        N = torch.where(  # N[u, v] for u > v from N[v, u]
+            torch.ones(D * D, D * D, dtype=torch.bool, device=dev).triu()[None, :, :, None],
+            self.N,
+            self.N.transpose(1, 2),
+        )
+        direct = N[:, q * D + j, j2 * D + q2, pair[r, r2]]
+        swapped = N[:, j * D + q, q2 * D + j2, pair[r2, r]].conj()
+        M = torch.where((r <= r2).unsqueeze(0), direct, swapped)
+        return PredictionMoments(
+            M=M.reshape(E, D, D * D, D, D * D),
+            H=self.H.reshape(E, -1, D, D * D),
+            S=self.S.clone(),
+        )
