@@ -267,8 +267,6 @@ def test_moment_and_streaming_losses_equal_the_naive_form(mode, E, m, T, d, x1, 
     state = model.prepare(x)
     if path == "moments":
         model.build_moments(state)
-    else:
-        state.gradient_calls = -(10**9)  # stay below the moment threshold: stream
     loss = model.loss_prepared(state)
     loss.sum().backward()
     assert (state.moments is not None) == (path == "moments")
@@ -301,23 +299,30 @@ def test_prediction_moments_identity_on_random_features():
     torch.testing.assert_close(moment_loss(P, kappa, mom), direct.sum((1, 2)), rtol=1e-12, atol=0)
 
 
-def test_moments_are_built_after_the_threshold_and_reused(monkeypatch):
+def test_moments_are_built_when_the_planned_steps_reach_the_threshold(monkeypatch):
     x = _data(E=2, m=4, T=7, d=2)
     model = CausalLinearAttention(
         2, CausalLinearAttentionConfig(init="gaussian"), [0, 1], dtype=F64
     )
-    state = model.prepare(x)
     monkeypatch.setattr(model, "moment_threshold", lambda: 3)
+    short = model.prepare(x)
+    model.plan(short, 2)  # fewer steps than the threshold: always stream
+    for _ in range(4):
+        model.loss_prepared(short).sum().backward()
+    assert short.moments is None
+    state = model.prepare(x)
+    model.plan(state, 3)
     with torch.no_grad():
-        model.loss_prepared(state)  # evaluations do not count
-    for call in (1, 2):
-        model.loss_prepared(state).sum().backward()
-        assert state.gradient_calls == call and state.moments is None
-    model.loss_prepared(state).sum().backward()
+        model.loss_prepared(state)  # evaluations build nothing
+    assert state.moments is None
+    model.loss_prepared(state).sum().backward()  # the first gradient step builds them
     built = state.moments
     assert built is not None
-    model.loss_prepared(state)
+    model.loss_prepared(state).sum().backward()
     assert state.moments is built
+    unplanned = model.prepare(x)  # a state the trainer did not plan streams
+    model.loss_prepared(unplanned).sum().backward()
+    assert unplanned.moments is None
     # the threshold of the paper's shape (d = 5, all weights) and of the restricted sets
     assert CausalLinearAttention(5, CausalLinearAttentionConfig()).moment_threshold() == 40
     for mode in ("diagonal_blocks", "scalars"):
@@ -340,7 +345,6 @@ def test_chunked_predictions_and_final_prediction(monkeypatch):
         assert (y - ref).abs().max() < 1e-10 * ref.abs().max()
         last = model.final_prediction(state)
         assert (last - ref[..., -1, :]).abs().max() < 1e-10 * ref.abs().max()
-    state.gradient_calls = -(10**9)
     loss_chunked = model.loss_prepared(state)
     monkeypatch.setattr(cla, "CHUNK_BYTES", 2**30)
     torch.testing.assert_close(
@@ -426,3 +430,54 @@ def test_pair_symmetric_moments_equal_the_plain_sums(d):
     assert plain.M.abs().max() > 1
     for a, b in ((fast.M, plain.M), (fast.H, plain.H), (fast.S, plain.S)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12 * float(b.abs().max()))
+
+
+def test_killed_full_batch_run_resumes_exactly_with_moments(tmp_path, monkeypatch):
+    """The moments are chosen from the planned steps of the data set, so a run resumed mid-way
+    computes every loss in the same form as the uninterrupted one (float32: the two forms
+    differ in rounding, so a resume that streamed first would not match bit for bit)."""
+    from iclab.config import make_config
+    from iclab.training import train
+
+    planned = []
+    plan = CausalLinearAttention.plan
+    monkeypatch.setattr(
+        CausalLinearAttention,
+        "plan",
+        lambda self, state, steps: (planned.append(steps), plan(self, state, steps)),
+    )
+    cfg = make_config(
+        {
+            "n_seeds": 2,
+            "task": {"kind": "linear_dynamics", "d": 2, "T": 8, "x1": "gaussian"},
+            "model": {"kind": "causal_linear_attention", "init": "gaussian", "init_std": 0.1},
+            "train": {
+                "lr": 0.01,
+                "steps": 12,
+                "batch_size": 64,
+                "resample_every": 100,
+                "eval_every": 3,
+                "checkpoint_every": 5,
+                "test_size": 32,
+                "optimizer": "sgd",
+            },
+        }
+    )
+    assert CausalLinearAttention(2, cfg.model).moment_threshold() <= 12
+    full = train(cfg, tmp_path / "full", progress=False)
+
+    def kill(step):
+        if step == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "killed", progress=False, on_step=kill)
+    resumed = train(cfg, tmp_path / "killed", progress=False)
+    assert resumed.info["resumed_from_step"] == 5
+    assert planned == [12, 12, 12]  # the same plan on the resumed run
+    drop = [{k: v for k, v in m.items() if k != "wall_s"} for m in full.metrics]
+    assert [{k: v for k, v in m.items() if k != "wall_s"} for m in resumed.metrics] == drop
+    for name in ("W_KQ", "W_PV"):
+        torch.testing.assert_close(
+            getattr(resumed.model, name), getattr(full.model, name), rtol=0, atol=0
+        )

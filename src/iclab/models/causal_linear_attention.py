@@ -35,12 +35,13 @@ about as much as 40 streamed epochs on CPU. The restricted sets use the same ide
 sums of outer products, at most :data:`CHUNK_BYTES` at a time), ``k_t = W^{KQ} e_t``,
 ``u_t = C_t k_t``, ``ŷ_t = W^{PV} u_t / (t−1)``, and the gradients are summed in the same pass
 (``C_t`` is Hermitian, so the backward is ``C_t`` times the gradient of ``u_t``); memory is the
-data plus one chunk, whatever m and the number of epochs. After
-:meth:`~CausalLinearAttention.moment_threshold` gradient evaluations on the same state (≈ the
-build's cost in epochs: 40 for d = 5 and all weights, 1 for the restricted sets) it builds the
-moments once and every later loss on it uses them (summed and contracted in complex128, then
-cast to the working dtype: in float32 the two forms differ by float32 rounding only; a resumed run
-counts again from its restart). M is the smallest exact statistic in general: the loss depends
+data plus one chunk, whatever m and the number of epochs. When the trainer plans at least
+:meth:`~CausalLinearAttention.moment_threshold` gradient steps on the same state (≈ the
+build's cost in epochs: 40 for d = 5 and all weights, 1 for the restricted sets; see
+:meth:`~CausalLinearAttention.plan`) the moments are built at its first gradient step and every
+loss on it uses them (summed and contracted in complex128, then cast to the working dtype: in
+float32 the two forms differ by float32 rounding only, and the choice depends on the planned
+count alone, so a resumed run takes the same one). M is the smallest exact statistic in general: the loss depends
 on ``W^{PV}`` through ``W^{PV}ᴴW^{PV}`` (4d² numbers) and on ``W^{KQ}`` through ``κκᴴ`` (16d⁴),
 and every position adds a generic rank-one term. Both forms are tested equal to
 :func:`naive_predict_all`, which forms ``E_t E_tᴴ`` from the tokens for every t (O(T²·d²)), to
@@ -78,7 +79,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -144,7 +145,7 @@ class SequenceState:
     x: torch.Tensor  # (E, m, T, d) the sequences (targets x_{t+1})
     e: torch.Tensor  # (E, m, T, 2d) tokens e_t = [x_t; x_{t-1}]
     moments: PredictionMoments | None = None
-    gradient_calls: int = field(default=0)
+    use_moments: bool = False  # set by :meth:`CausalLinearAttention.plan`
 
 
 def tokens(x: torch.Tensor) -> torch.Tensor:
@@ -455,13 +456,21 @@ class CausalLinearAttention(EnsembleModel):
 
     # ------------------------------------------------------------------------ loss
     def moment_threshold(self) -> int:
-        """Gradient evaluations on one state after which its moments are built: about the
-        number of streaming epochs that cost as much as the build (ski rental: never more than
-        about twice the cheaper of the two; 1 for the restricted sets, whose moments are small).
+        """Planned gradient steps on one state from which its moments are built (:meth:`plan`):
+        about the number of streaming epochs that cost as much as the build (so the choice
+        never costs more than about twice the cheaper of the two; 1 for the restricted sets,
+        whose moments are small).
         Build ≈ (p·k)²/2 GEMM multiply-adds per position against ≈ 25·(2d)² slower streaming
         ones per epoch, measured on CPU (d = 5, all: ≈ 40)."""
         _, p, k = _moment_shape(self.d, self.config.trainable)
         return max(1, math.ceil((p * k) ** 2 / (250 * (2 * self.d) ** 2)))
+
+    def plan(self, state: SequenceState, steps: int) -> None:
+        """Use the moments on ``state`` (built at its first gradient step) when the trainer will
+        take at least :meth:`moment_threshold` gradient steps on it; otherwise stream. Decided
+        from the planned count, not from the steps taken so far, so a resumed run computes its
+        losses exactly as the uninterrupted one."""
+        state.use_moments = steps >= self.moment_threshold()
 
     @torch.no_grad()
     def build_moments(self, state: SequenceState) -> PredictionMoments:
@@ -511,10 +520,8 @@ class CausalLinearAttention(EnsembleModel):
             raise ValueError(f"T: the loss needs T >= 3 (t = 2..T−1), got {T}")
         rd = state.x.real.dtype
         grads = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        if grads:
-            state.gradient_calls += 1
-            if state.gradient_calls >= self.moment_threshold():
-                self.build_moments(state)
+        if grads and state.use_moments:
+            self.build_moments(state)
         if state.moments is not None:
             P, kappa = self._moment_weights()
             return (moment_loss(P, kappa, state.moments) / m).to(rd)

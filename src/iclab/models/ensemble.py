@@ -110,6 +110,11 @@ class EnsembleModel(nn.Module):
     def predict_prepared(self, state: Any) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement predict_prepared()")
 
+    def plan(self, state: Any, steps: int) -> None:
+        """Told by the trainer that it will take ``steps`` gradient steps on ``state`` (counted
+        from the state's first step, so a resumed run is told the same number): a model may
+        then precompute statistics of the data that pay over that many steps. Default: nothing."""
+
     def loss_prepared(self, state: Any, batch: Any) -> torch.Tensor:
         """Objective per member (E,): mean squared error against ``batch.y_query``."""
         return mse_per_member(self.predict_prepared(state), batch.y_query)

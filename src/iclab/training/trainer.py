@@ -461,6 +461,8 @@ def _train(
                 batch = task.sample(tcfg.batch_size, "train", step // tcfg.resample_every)
                 with torch.no_grad():
                     state = model.prepare(batch)
+                first = step - step % tcfg.resample_every  # the same on resume
+                model.plan(state, min(first + tcfg.resample_every, tcfg.steps) - first)
             lr = tcfg.lr * lr_factor(step, tcfg.steps, tcfg.schedule)
             for g in opt.param_groups:
                 g["lr"] = lr
