@@ -7,10 +7,12 @@ gradient-descent step, on a fixed training set. Rows, side by side in one run:
 - before: iclab up to this change, kept here as a reference: all prefix Gram matrices
   C_t = Σ_{i≤t} e_i e_iᴴ stored once per data set (800 MB for m = 10000 in complex64), autograd
   through one batched mat-vec per position;
-- after, streaming: the first epochs on a data set: chunks of sequences form their C_t, the
-  gradients are summed in the same pass (memory = data + one chunk);
-- after, moments: every later epoch: the loss and its gradients from the prediction moments
-  (M, H, S), built once per data set (its one-off time is printed) — cost independent of m.
+- after, streaming: a data set trained on for fewer epochs than the model's moment threshold
+  (40 for d = 5): chunks of sequences form their C_t, the gradients are summed in the same pass
+  (memory = data + one chunk);
+- after, moments: every epoch of a data set trained on for longer: the loss and its gradients
+  from the prediction moments (M, H, S), built once per data set (its one-off time is printed)
+  — cost independent of m.
 
 All compute the same loss (checked first against naive in float64, to 1e-10, gradients included).
 

@@ -380,11 +380,15 @@ def sweep_kills(root: Path, quick: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer cases per family")
+    every = (bad_configs, bad_grids, corrupt_folders, full_disk, kills, sweep_kills, concurrency)
+    names = [f.__name__ for f in every]
+    parser.add_argument(
+        "--families", nargs="+", choices=names, default=names, help="run only these families"
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="iclab-hostile-"))
     t0 = time.time()
-    families = (bad_configs, bad_grids, corrupt_folders, full_disk, kills, sweep_kills, concurrency)
-    for family in families:
+    for family in (f for f in every if f.__name__ in args.families):
         sub = root / family.__name__
         sub.mkdir()
         if family in (bad_configs, corrupt_folders):
