@@ -25,7 +25,7 @@ def relative_error(m: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 def whiten(a: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
     """``Σ^{1/2} A Σ^{1/2}``: a preconditioner seen in whitened coordinates (Σ⁻¹ ↦ I)."""
-    r = psd_sqrt(covariance.to(a.dtype))
+    r = psd_sqrt(covariance.to(a.device, a.dtype))
     return r @ a @ r
 
 

@@ -53,9 +53,10 @@ def functional_gd_weights(
 ) -> dict[str, torch.Tensor]:
     """Weights making a one-head :class:`~iclab.models.KernelAttention` run L functional-GD steps.
 
-    Returns float64 ``{"B", "v", "Q", "K"}`` shaped ``(E, L, 1, d, d)``, ``(E, L, 1)``,
-    ``(E, L, 1, d, d)``, ``(E, L, 1, d, d)`` (``E = 1`` for steps of shape (L,)); load with
-    ``model.set_weights(**weights)`` into a model with ``heads=[activation]``. The model then
+    Returns float64 ``{"B", "v", "Q", "K"}`` on the device of ``step_sizes``, shaped
+    ``(E, L, 1, d, d)``, ``(E, L, 1)``, ``(E, L, 1, d, d)``, ``(E, L, 1, d, d)`` (``E = 1`` for
+    steps of shape (L,)); load with ``model.set_weights(**weights)`` into a model with
+    ``heads=[activation]``. The model then
     predicts ``functional_gd(x, y, x_query, kernel, step_sizes).prediction`` where ``kernel`` is
     ``activation`` (``'softmax'``: the normalized exp kernel). Module docstring: sign of ``v``.
     """
@@ -84,9 +85,10 @@ def functional_gd_weights(
         )
     E = eta.shape[0]
     s = -1.0 if readout == "negative" else 1.0
-    eye = torch.eye(d, dtype=torch.float64).expand(E, layers, 1, d, d).clone()
+    kw = dict(dtype=torch.float64, device=eta.device)
+    eye = torch.eye(d, **kw).expand(E, layers, 1, d, d).clone()
     return {
-        "B": torch.zeros(E, layers, 1, d, d, dtype=torch.float64),
+        "B": torch.zeros(E, layers, 1, d, d, **kw),
         "v": (s * eta).unsqueeze(-1).clone(),
         "Q": eye,
         "K": eye.clone(),

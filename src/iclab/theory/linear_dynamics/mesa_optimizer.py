@@ -384,12 +384,19 @@ def optimal_ab_from_sequences(x: torch.Tensor) -> OptimalAB:
     return _optimal_ab(N, D)
 
 
-def diagonal_unitary_sequences(x1: torch.Tensor, T: int, generator=None) -> torch.Tensor:
+def diagonal_unitary_sequences(
+    x1: torch.Tensor, T: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Sequences (n, T, d) complex128 with ``x_t = W^{t−1} x_1``, ``W = diag(e^{iθ})``,
-    ``θ_j ~ U[0, 2π)`` i.i.d. per sequence (powers computed as ``e^{i(t−1)θ}``, no drift)."""
+    ``θ_j ~ U[0, 2π)`` i.i.d. per sequence (powers computed as ``e^{i(t−1)θ}``, no drift).
+
+    θ is drawn on the generator's device (x1's without one) and moved to x1's: a CPU generator
+    gives the same sequences for x1 on any device."""
     x1 = _c128(x1)
     n, d = x1.shape
-    theta = 2 * math.pi * torch.rand(n, d, generator=generator, dtype=F64, device=x1.device)
+    device = generator.device if generator is not None else x1.device
+    theta = torch.rand(n, d, generator=generator, dtype=F64, device=device).to(x1.device)
+    theta = 2 * math.pi * theta
     angles = torch.arange(T, dtype=F64, device=x1.device)[:, None] * theta[:, None, :]
     return torch.polar(torch.ones_like(angles), angles) * x1[:, None, :]
 

@@ -64,7 +64,7 @@ def _assemble(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     E, L, d, _ = A.shape
     s = -1.0 if readout == "negative" else 1.0
-    P = torch.zeros(E, L, 1, d + 1, d + 1, dtype=torch.float64)
+    P = torch.zeros(E, L, 1, d + 1, d + 1, dtype=torch.float64, device=A.device)
     Q = torch.zeros_like(P)
     P[..., d, d] = 1.0
     Q[:, :, 0, :d, :d] = s * A.transpose(-1, -2)
@@ -78,7 +78,8 @@ def _assemble(
 def preconditioned_gd_weights(
     preconditioners: torch.Tensor, readout: Readout = "negative"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(P, Q)``, each ``(E, L, 1, d+1, d+1)`` float64, making a ``full`` LSA run L PGD steps.
+    """``(P, Q)``, each ``(E, L, 1, d+1, d+1)`` float64 on the input's device, making a ``full``
+    LSA run L PGD steps.
 
     ``preconditioners``: ``A_ℓ`` of shape ``(L, d, d)`` or ``(E, L, d, d)`` (any matrices). A
     ``full`` :class:`~iclab.models.LinearSelfAttention` with ``readout`` and these matrices
@@ -96,7 +97,8 @@ def preconditioned_gd_weights(
 def gd_plus_plus_weights(
     preconditioners: torch.Tensor, covariate_maps: torch.Tensor, readout: Readout = "negative"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(P, Q)``, each ``(E, L, 1, d+1, d+1)`` float64, making a ``full`` LSA run GD++.
+    """``(P, Q)``, each ``(E, L, 1, d+1, d+1)`` float64 on the inputs' device, making a ``full``
+    LSA run GD++.
 
     ``P = [[B_ℓ, 0], [0, 1]]``, ``Q = [[−A_ℓᵀ, 0], [0, 0]]`` (negative readout). The model then
     computes exactly, for one prompt (``X_0 = X`` with rows ``x_i``, ``x_{q,0} = x_q``,

@@ -114,7 +114,8 @@ def _starts(L: int, flat: torch.Tensor, count: int, seed: int) -> list[torch.Ten
     gen = make_generator("cpu", seed, "pgd_critical_points", L)
     out = list(base)
     while len(out) < count:
-        u = torch.rand(2 * L - 1, generator=gen, dtype=torch.float64)
+        # drawn on the CPU generator, then moved: the same starts on every device
+        u = torch.rand(2 * L - 1, generator=gen, dtype=torch.float64).to(flat.device)
         a = torch.exp(math.log(0.05) + u[:L] * math.log(30 / 0.05)).sort().values
         kappa = torch.exp(math.log(0.05) + u[L:] * math.log(2 / 0.05))
         out.append(torch.cat([a, kappa * a[:-1]]))
@@ -171,7 +172,7 @@ class _Landscape:
         if not (float(g.norm()) <= grad_tol * (1.0 + val) and bool((a.abs() > 1e-8).all())):
             return None
         eig = torch.linalg.eigvalsh(H)
-        b = torch.zeros(L, dtype=torch.float64)
+        b = theta.new_zeros(L)
         b[:-1] = theta[L:] / a[:-1]
         return CriticalPoint(
             a=a.clone(), b=b, theta=theta.clone(), loss=val, standard_error=se,
@@ -250,7 +251,8 @@ def critical_point_near(
     basin holds the point) and damped Newton on the gradient (reaches a nearby critical point of
     any kind, e.g. a saddle where training stalled); of the points they reach (polished on the
     full sample) the one closer to the start, coordinate-wise in ``θ`` relative terms, is
-    returned. None when neither reaches a stationary point."""
+    returned. None when neither reaches a stationary point. The search runs on the device of the
+    eigenvalue sample (the CPU for the default Wishart draw), where the point is returned."""
     a = torch.as_tensor(a, dtype=torch.float64)
     b = torch.as_tensor(b, dtype=torch.float64)
     L = a.shape[0]
@@ -259,7 +261,7 @@ def critical_point_near(
     if not bool(torch.isfinite(a).all() and torch.isfinite(b).all()):
         return None
     land = _Landscape(_eigen(d, n, num_samples, seed, eigenvalues), L, n, float(noise_std) ** 2)
-    start = torch.cat([a, (a * b)[:-1]])
+    start = torch.cat([a, (a * b)[:-1]]).to(land.lam.device)  # the search runs on λ's device
     best: CriticalPoint | None = None
     for descent in (True, False):
         theta = land.search(start, descent)
@@ -289,7 +291,7 @@ def project_to_class(
     """
     A = torch.as_tensor(A, dtype=torch.float64)
     B = torch.as_tensor(B, dtype=torch.float64)
-    cov = torch.as_tensor(covariance, dtype=torch.float64)
+    cov = torch.as_tensor(covariance, dtype=torch.float64).to(A.device)
     d = A.shape[-1]
     a = (cov @ A).diagonal(dim1=-2, dim2=-1).sum(-1) / d
     b = B.diagonal(dim1=-2, dim2=-1).sum(-1) / d
@@ -306,6 +308,8 @@ def nearest_critical_point(
     a = torch.as_tensor(a, dtype=torch.float64)
     b = torch.as_tensor(b, dtype=torch.float64)
     theta = torch.cat([a, (a * b)[:-1]])
-    dist = [float((theta - p.theta).norm()) / float(p.theta.norm()) for p in points]
+    dist = [
+        float((theta.to(p.theta.device) - p.theta).norm()) / float(p.theta.norm()) for p in points
+    ]
     i = min(range(len(points)), key=dist.__getitem__)
     return i, dist[i]

@@ -101,13 +101,16 @@ def _phi(
     return out
 
 
-def _as_params(a: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    a = torch.as_tensor(a, dtype=torch.float64)
+def _as_params(
+    a: torch.Tensor, b: torch.Tensor | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``a`` and the products ``c = (a·b)[:-1]`` as float64 on ``device`` (None when b is None)."""
+    a = torch.as_tensor(a, dtype=torch.float64, device=device)
     if a.dim() != 1 or a.shape[0] < 1:
         raise ValueError(f"a: expected shape (L,), got {tuple(a.shape)}")
     if b is None:
         return a, None
-    b = torch.as_tensor(b, dtype=torch.float64)
+    b = torch.as_tensor(b, dtype=torch.float64, device=device)
     if b.shape != a.shape:
         raise ValueError(f"b: expected shape {tuple(a.shape)}, got {tuple(b.shape)}")
     return a, (a * b)[:-1]
@@ -126,8 +129,8 @@ def pgd_class_sample_losses(
     ``eigenvalues``: (num_samples, d) of the whitened sample covariance. Includes ``σ²``.
     Differentiable in ``a`` and ``b``.
     """
-    a, c = _as_params(a, b)
     lam = torch.as_tensor(eigenvalues, dtype=torch.float64)
+    a, c = _as_params(a, b, lam.device)
     if lam.dim() != 2:
         raise ValueError(f"eigenvalues: expected shape (num_samples, d), got {tuple(lam.shape)}")
     noise_var = float(noise_std) ** 2
@@ -151,7 +154,10 @@ def pgd_class_loss(
     """
     v = pgd_class_sample_losses(a, b, eigenvalues, n, noise_std)
     m = v.shape[0]
-    se = v.detach().std(unbiased=True) / math.sqrt(m) if m > 1 else torch.tensor(float("nan"))
+    if m > 1:
+        se = v.detach().std(unbiased=True) / math.sqrt(m)
+    else:
+        se = torch.full((), math.nan, dtype=torch.float64, device=v.device)
     return v.mean(), se.to(torch.float64)
 
 
@@ -259,14 +265,15 @@ class _Objective:
         theta = theta.detach()
         lam = self.lam
         N = lam.shape[0]
+        kw = dict(dtype=torch.float64, device=lam.device)
 
         def const(v: float) -> torch.Tensor:
-            out = torch.zeros(1 + p, N, dtype=torch.float64)
+            out = torch.zeros(1 + p, N, **kw)
             out[0] = v
             return out
 
         def param(idx: int) -> torch.Tensor:
-            e = torch.zeros(1 + p, 1, dtype=torch.float64)
+            e = torch.zeros(1 + p, 1, **kw)
             e[0, 0] = float(theta[idx])
             e[1 + idx, 0] = 1.0
             return e
@@ -372,11 +379,11 @@ def _initial_points(
     lo = float(lam_sorted[int(0.02 * (N - 1))].clamp_min(1e-3))
     hi = float(lam_sorted[int(0.98 * (N - 1))])
     a1 = float(lam_sorted.mean()) / float((lam_sorted**2).mean())
-    k = torch.arange(L, dtype=torch.float64)
+    k = torch.arange(L, dtype=torch.float64, device=lam_sorted.device)
     points: list[torch.Tensor] = []
     if sparse:
         cheb = (hi + lo) / 2 + (hi - lo) / 2 * torch.cos((2 * k + 1) * math.pi / (2 * L))
-        points += [1.0 / cheb, torch.full((L,), a1, dtype=torch.float64)]
+        points += [1.0 / cheb, torch.full_like(k, a1)]
         points += [0.4 * a1 * 2.0**k, a1 * 2.0**k]
     else:
         for f in (0.4, 1.0):
@@ -389,7 +396,8 @@ def _initial_points(
     i = 0
     while len(points) < restarts:
         base = points[i % base_count]
-        noise = torch.randn(base.shape, generator=gen, dtype=torch.float64)
+        # drawn on the CPU generator, then moved: the same starts on every device
+        noise = torch.randn(base.shape, generator=gen, dtype=torch.float64).to(base.device)
         points.append(base * torch.exp(0.5 * noise))
         i += 1
     return points[: max(1, restarts)]
@@ -479,7 +487,7 @@ def best_pgd_scalars(
     if not sparse and L > 1:
         obj = _Objective(nodes, weights, L, False, n, var)
         starts = _initial_points(L, False, flat, restarts or 12, seed)
-        starts.append(torch.cat([theta, torch.zeros(L - 1, dtype=torch.float64)]))
+        starts.append(torch.cat([theta, theta.new_zeros(L - 1)]))
         theta = _search(obj, starts)
 
     # Newton polish on the full sample (gradient: full sample; Hessian: compression)
@@ -538,16 +546,17 @@ def pgd_class_matrices(
         a, b = scalars.a, scalars.b
     else:
         a, b = scalars
-    a = torch.as_tensor(a, dtype=torch.float64)
+    cov = torch.as_tensor(covariance, dtype=torch.float64)
+    a = torch.as_tensor(a, dtype=torch.float64, device=cov.device)
     b = torch.zeros_like(a) if b is None else torch.as_tensor(b, dtype=torch.float64)
+    b = b.to(cov.device)
     if a.dim() != 1 or b.shape != a.shape:
         raise ValueError(f"scalars: a and b must have shape (L,), got {a.shape} and {b.shape}")
-    cov = torch.as_tensor(covariance, dtype=torch.float64)
     d = cov.shape[-1]
     if cov.dim() < 2 or cov.shape[-2] != d:
         raise ValueError(f"covariance: expected shape (..., d, d), got {tuple(cov.shape)}")
     chol = torch.linalg.cholesky(cov)
-    eye = torch.eye(d, dtype=torch.float64)
+    eye = torch.eye(d, dtype=torch.float64, device=cov.device)
     inv = torch.cholesky_solve(eye.expand_as(cov), chol)
     inv = (inv + inv.transpose(-1, -2)) / 2
     A = a[:, None, None] * inv.unsqueeze(-3)

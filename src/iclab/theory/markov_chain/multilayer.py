@@ -18,9 +18,9 @@ the *square loss* ``R(w) = (1/2n) Σ_i r_i(w)²``, so ``∇R(w) = S w + (1/n) Σ
     Γ = −(γ Āᵀ + α βᵀ),   c = Āᵀ S β.
 
 - ``−Γ ∇R(w) + c`` is one *preconditioned gradient step* (preconditioner Γ, data-independent)
-  on the square loss plus a linear term, ``J₁(w) = R(w) + pᵀw`` with ``Γ p = −c`` (p from a
-  least-squares solve when Γ is singular; the step equals ``−Γ∇J₁`` exactly whenever c is in
-  the range of Γ, and the residual is reported).
+  on the square loss plus a linear term, ``J₁(w) = R(w) + pᵀw`` with ``Γ p = −c`` (p the
+  minimum-norm least-squares solution, ``p = −Γ⁺c``, when Γ is singular; the step equals
+  ``−Γ∇J₁`` exactly whenever c is in the range of Γ, and the residual is reported).
 - ``2γ R(w) α`` is a step along the fixed direction α whose length is the square loss itself.
   It is *not* ``−Γ∇J`` for any J with the same Γ (the field ``R(w) α`` is curl-free only when
   ∇R ∥ α), but it is exactly the rank-one preconditioned gradient ``−Γ_α ∇J₂(w)`` with
@@ -134,9 +134,10 @@ def label_row_reading(
         c_l = c[:, :, layer]
         u = ga[:, layer].unsqueeze(1)  # (E, 1, d)
         cub = 2 * R.unsqueeze(-1) * u
-        # p with Γ p = −c (least squares), and how well it reproduces c
-        p = torch.linalg.lstsq(G_l.expand(*c_l.shape, d), -c_l.unsqueeze(-1)).solution
-        p = p.squeeze(-1)
+        # p with Γ p = −c: the minimum-norm least-squares solution, through the SVD
+        # pseudo-inverse so that a singular Γ gives the same p on every device (lstsq's CUDA
+        # driver, gels, assumes full rank); and how well it reproduces c
+        p = -(torch.linalg.pinv(G_l) @ c_l.unsqueeze(-1)).squeeze(-1)
         fit = -(G_l @ p.unsqueeze(-1)).squeeze(-1)
         resid.append((fit - c_l).norm(dim=-1) / c_l.norm(dim=-1).clamp_min(1e-300))
         w_next = w + g_term + c_l + cub
