@@ -192,3 +192,22 @@ def test_executor_choice():
         make_executor("auto", workers=0)
     with pytest.raises(ConfigError, match="threads-per-run: must be >= 1"):
         make_executor("local", threads_per_run=0)
+
+
+def test_cli_dry_run_lists_the_runs_and_writes_nothing(tmp_path, capsys):
+    path = write_grid(tmp_path, {"model.layers": [1, 2]}, **{"train.polish.steps": 10**12})
+    out = tmp_path / "o"
+    assert main(["sweep", str(path), "--out", str(out), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all(": to train, 30 steps, ~" in line for line in lines[:2])
+    assert lines[-1].startswith("sweep (dry run): 2 runs, 0 completed, nothing written")
+    assert not out.exists()  # a 10¹²-step polish is validated, never started
+    # after a real sweep of one point, the plan says which are done
+    one = write_grid(tmp_path, {"model.layers": [1]})
+    assert main(["sweep", str(one), "--out", str(out), "--quiet"]) == 0
+    both = write_grid(tmp_path, {"model.layers": [1, 2]})
+    capsys.readouterr()
+    assert main(["sweep", str(both), "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert ": completed, 30 steps" in text and ": to train, 30 steps" in text
+    assert "2 runs, 1 completed" in text

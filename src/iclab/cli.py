@@ -155,6 +155,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     spec = load_sweep(args.grid)
     points = expand(spec)  # every point is checked before an executor starts
+    if args.dry_run:
+        _print_sweep_plan(points, Path(args.out))
+        return 0
     executor = _executor(args)
     print(f"sweep: {len(points)} runs on the {executor.name} executor → {args.out}/runs")
 
@@ -172,6 +175,25 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         f"{Path(args.out) / RESULTS}, figure: {Path(args.out) / 'figures' / 'sweep.png'}"
     )
     return 1 if bad else 0
+
+
+def _print_sweep_plan(points: list, out: Path) -> None:
+    """Each point's run folder, whether it is done, and its memory estimate; writes nothing."""
+    from iclab.experiments.sweep import RUNS
+    from iclab.training.executors import Job, is_completed
+    from iclab.training.memory import estimate_bytes
+
+    done = 0
+    for p in points:
+        run_dir = out / RUNS / p.name
+        if is_completed(Job(p.name, p.config, run_dir)):
+            state, done = "completed", done + 1
+        else:
+            state = "to resume" if run_dir.exists() else "to train"
+        gib = sum(estimate_bytes(p.config).values()) / 2**30
+        steps = p.config.train.steps
+        print(f"  {p.name}: {state}, {steps} steps, ~{gib:.2g} GiB")
+    print(f"sweep (dry run): {len(points)} runs, {done} completed, nothing written under {out}")
 
 
 def _cmd_theory(args: argparse.Namespace) -> int:
@@ -453,6 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("grid", help="the grid file (YAML)")
     s.add_argument("--out", required=True, help="sweep folder (runs/, results.csv, figures/)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate every point and list the runs (completed, to resume, to train) with "
+        "their memory estimates; train nothing, write nothing",
+    )
     _executor_options(s)
     s.set_defaults(func=_cmd_sweep)
 

@@ -54,6 +54,7 @@ from iclab.validation import STRICT_CONFIG
 MAX_POINTS = 10_000
 SWEEP_FILE = "sweep.yaml"
 RESULTS = "results.csv"
+RUNS = "runs"  # one folder per point under it
 COLUMNS = ("test_loss_mean", "test_loss_std", "steps", "wall_s", "status", "run")
 
 
@@ -206,12 +207,12 @@ def run_sweep(
     """Expand, validate, train (skipping completed runs), then write results.csv and the figure.
     Returns the results rows."""
     points = expand(spec)  # every point valid before the folder is touched
-    out = check_out_folder(out, "sweep", (SWEEP_FILE, "runs"))
+    out = check_out_folder(out, "sweep", (SWEEP_FILE, RUNS))
     executor = executor or LocalExecutor()
     keys = list(spec.grid)
     with FolderLock(out):
         atomic_write_text(out / SWEEP_FILE, _spec_yaml(spec))
-        runs = out / "runs"
+        runs = out / RUNS
         by_name = {p.name: p for p in points}
         table: dict[str, dict[str, Any]] = {p.name: _pending_row(p) for p in points}
 
