@@ -25,7 +25,11 @@ for the query), with ``S_h = X M_h X_ctxᵀ``, ``M_h = K_hᵀ Q_h`` and ``n_h = 
 label slots — no token matrix, no x-updates. A ``linear`` head never forms its scores:
 ``S r = X M (X_ctxᵀ r)`` costs O(n·d) instead of O(n²·d). :meth:`forward_tokens` keeps the
 token-level layer loop (every residual stream, and the only path when B is trained); the two
-agree to round-off (tested in float64).
+agree to round-off (tested in float64). The label stream runs in
+:mod:`iclab.models.kernel_label_stream`: prompts on the last axis, chunked, with a hand-derived
+backward; :meth:`KernelAttention.loss_prepared` (the trainer's objective) computes the MSE and
+its gradient in the same chunked pass. ``_label_stream_autograd`` is the same recursion in
+plain autograd, used when the tokens need a gradient (input sensitivities).
 
 Overflow: ``exp`` is evaluated in the working dtype with no rescaling; if any ``exp`` weight is
 non-finite the forward raises ``FloatingPointError`` naming the largest logit (rescaling the
