@@ -286,6 +286,8 @@ def test_matched_activation_approaches_bayes_and_mismatched_is_worse():
         ["exp"],
         ["softmax"],
         ["exp", "linear"],
+        ["exp", "exp"],
+        ["relu", "softmax"],
         ["linear", "relu", "exp", "softmax"],
     ],
 )
@@ -343,3 +345,39 @@ def test_fused_loss_is_the_trainer_objective_and_raises_on_overflow():
     hot.set_weights(Q=10 * torch.eye(3), K=10 * torch.eye(3), v=torch.tensor(1.0))
     with pytest.raises(FloatingPointError, match="overflow"):
         hot.loss_prepared(hot.prepare(b32), b32)
+
+
+@pytest.mark.parametrize("heads", [["exp"], ["linear", "relu", "exp", "softmax"]])
+def test_fused_loss_reuses_its_buffers_across_calls_exactly(heads):
+    """On a CPU the fused pass keeps its scratch buffers (and views of them) for the next call
+    with the same shapes: repeated calls with new prompts and new weights, and a call with
+    other shapes in between, still give the autograd loss and gradients (float64)."""
+    d, n, size = 4, 5, 23
+    cfg = KernelAttentionConfig(layers=3, heads=heads, init_std=0.4)
+    model = KernelAttention(d, cfg, [0, 1], dtype=torch.float64)
+    params = list(model.parameters())
+    gen = torch.Generator().manual_seed(3)
+
+    def check(size: int, chunk: int) -> None:
+        tokens = torch.randn(2, size, n + 1, d + 1, generator=gen, dtype=torch.float64)
+        tokens[..., -1, -1] = 0.0
+        y = torch.randn(2, size, generator=gen, dtype=torch.float64)
+        with torch.no_grad():
+            for p in params:
+                p.copy_(0.4 * torch.randn(p.shape, generator=gen, dtype=torch.float64))
+        ref_loss = (model.sign * model._label_stream_autograd(tokens) - y).pow(2).mean(-1)
+        ref = torch.autograd.grad(ref_loss.sum(), params)
+        saved = stream.CPU_CHUNK
+        stream.CPU_CHUNK = chunk
+        try:
+            loss = model.loss_prepared(tokens, types.SimpleNamespace(y_query=y))
+            grads = torch.autograd.grad(loss.sum(), params)
+        finally:
+            stream.CPU_CHUNK = saved
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=1e-12)
+        for g, r in zip(grads, ref):
+            assert r.abs().max() > 0
+            torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12 * r.abs().max().item())
+
+    for size_, chunk in [(size, 14), (size, 14), (9, 14), (size, 14), (size, 46)]:
+        check(size_, chunk)
