@@ -6,10 +6,14 @@ backward and Adam update on a fixed, pre-sampled batch. Rows:
 
 - ``naive``: naive_kernel_attention.py (full token matrix updated every layer, per-head loop,
   masked (n+1)×(n+1) scores, one model + optimizer per seed looped in Python), 1 and 3 seeds;
-- ``iclab``: ``KernelAttention`` (label-stream fast path), 1 seed and 3 seeds in one program.
+- ``iclab before``: ``KernelAttention``'s label stream in plain autograd (per-layer batched
+  products over the whole batch; the implementation before the hand-derived backward);
+- ``iclab``: the trainer's objective ``KernelAttention.loss_prepared``: one chunked pass with
+  prompts on the last axis computes the loss and, chunk by chunk, its gradient
+  (:mod:`iclab.models.kernel_label_stream`); 1 seed and 3 seeds in one program.
 
 The table gives ms per step, ms per seed-step, seed-steps per second and the speed-up over the
-naive loop with the same seeds and heads. Times are medians over --repeats steps after warm-up
+naive loop with the same seeds and heads (naive ms / row ms). Times are medians over --repeats steps after warm-up
 (CUDA synchronized). Training draws a fresh batch every step, so the time to sample one training
 batch (``task.sample(batch, "train", 0)``) is reported separately. Before timing, --check (on by
 default) verifies in float64 on a small batch that the naive model computes the same predictions
@@ -54,7 +58,9 @@ def _config(seeds: int, heads: list[str], args, device) -> object:
     )
 
 
-def bench_iclab(seeds: int, heads: list[str], args, device) -> float:
+def bench_iclab(seeds: int, heads: list[str], args, device, before: bool = False) -> float:
+    """The trainer's step: ``loss_prepared`` (now the fused chunked pass), backward, Adam.
+    ``before``: the label stream in plain autograd, as before the hand-derived backward."""
     cfg = _config(seeds, heads, args, device)
     task = build_task(cfg, device, torch.float32)
     model = build_model(cfg, device, torch.float32)
@@ -62,8 +68,13 @@ def bench_iclab(seeds: int, heads: list[str], args, device) -> float:
     batch = task.sample(args.batch, "train", 0)
     state = model.prepare(batch)
 
+    def objective():
+        if before:
+            return mse_per_member(model.sign * model._label_stream_autograd(state), batch.y_query)
+        return model.loss_prepared(state, batch)
+
     def step():
-        loss = mse_per_member(model.predict_prepared(state), batch.y_query)
+        loss = objective()
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         opt.step()
@@ -99,7 +110,8 @@ def bench_sampling(seeds: int, args, device) -> float:
 
 
 def check_same_function(heads: list[str], args, device, batch_size: int = 64) -> float:
-    """Max |Δ| between naive and iclab predictions and gradients (float64, 3 seeds)."""
+    """Max |Δ| between naive and iclab predictions and gradients (float64, 3 seeds), and
+    between the gradients of ``predict_tokens`` and of the fused ``loss_prepared``."""
     E = 3
     dt = torch.float64
     cfg = _config(E, heads, args, device)
@@ -117,8 +129,11 @@ def check_same_function(heads: list[str], args, device, batch_size: int = 64) ->
     model.set_weights(Q=Q, K=K, v=v)
     pred = model.predict_tokens(tokens)
     mse_per_member(pred, batch.y_query).sum().backward()
+    # the trainer's fused objective: same loss, same gradients
+    params = [model.Q, model.K, model.v]
+    fused = torch.autograd.grad(model.loss_prepared(tokens, batch).sum(), params)
+    diff = max((a - p.grad).abs().max().item() for a, p in zip(fused, params))
 
-    diff = 0.0
     for e in range(E):
         naive = NaiveKernelAttention(args.d, args.layers, heads, 0.0, torch.Generator())
         naive = naive.to(device=device, dtype=dt)
@@ -197,6 +212,8 @@ def main() -> None:
                 naive[seeds] = bench_naive(seeds, heads, args, device)
                 rows.append((f"naive {tag}", seeds, naive[seeds], None))
         for seeds in SEEDS:
+            t = bench_iclab(seeds, heads, args, device, before=True)
+            rows.append((f"iclab before {tag}", seeds, t, naive))
             rows.append((f"iclab {tag}", seeds, bench_iclab(seeds, heads, args, device), naive))
     print(
         f"{'implementation':28s} {'seeds':>5s} {'ms/step':>9s} {'ms/seed-step':>13s} "

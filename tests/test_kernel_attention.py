@@ -1,11 +1,13 @@
 import itertools
 import math
+import types
 
 import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
 
+import iclab.models.kernel_label_stream as stream
 from iclab.algorithms.kernel_methods import (
     attention_kernel_weights,
     functional_gd,
@@ -274,3 +276,108 @@ def test_matched_activation_approaches_bayes_and_mismatched_is_worse():
     se = diff.std().item() / math.sqrt(diff.numel())
     assert diff.mean().item() > 3 * se
     assert errs["exp"].mean().item() > 2 * bayes_loss
+
+
+@pytest.mark.parametrize(
+    "heads",
+    [
+        ["linear"],
+        ["relu"],
+        ["exp"],
+        ["softmax"],
+        ["exp", "linear"],
+        ["exp", "exp"],
+        ["relu", "softmax"],
+        ["linear", "relu", "exp", "softmax"],
+    ],
+)
+@pytest.mark.parametrize("layers, d, n, size", [(1, 3, 4, 5), (3, 4, 6, 37), (5, 5, 8, 19)])
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_chunked_label_stream_and_fused_loss_equal_autograd(heads, layers, d, n, size, chunk):
+    """The hand-derived backward (predict_tokens) and the fused loss (loss_prepared) against
+    the label stream in plain autograd: values and gradients in float64, whole batch and
+    chunks of 4 prompts (which leaves a partial last chunk)."""
+    seeds = [0, 1, 2]
+    cfg = KernelAttentionConfig(layers=layers, heads=heads, init_std=0.4)
+    model = KernelAttention(d, cfg, seeds, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(7)
+    tokens = torch.randn(3, size, n + 1, d + 1, generator=gen, dtype=torch.float64)
+    tokens[..., -1, -1] = 0.3
+    batch = types.SimpleNamespace(y_query=torch.randn(3, size, generator=gen, dtype=torch.float64))
+    weights = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)  # distinct ∂ℒ/∂loss per member
+    params = list(model.parameters())
+
+    ref_pred = model.sign * model._label_stream_autograd(tokens)
+    ref_loss = (ref_pred - batch.y_query).pow(2).mean(-1)
+    ref_grads = torch.autograd.grad((ref_loss * weights).sum(), params)
+    saved = stream.CPU_CHUNK
+    stream.CPU_CHUNK = 3 * chunk if chunk else saved
+    try:
+        pred = model.predict_tokens(tokens)
+        grads = torch.autograd.grad(
+            ((pred - batch.y_query).pow(2).mean(-1) * weights).sum(), params
+        )
+        loss = model.loss_prepared(tokens, batch)
+        fused = torch.autograd.grad((loss * weights).sum(), params)
+    finally:
+        stream.CPU_CHUNK = saved
+    torch.testing.assert_close(pred, ref_pred, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=1e-12)
+    for g, f, ref in zip(grads, fused, ref_grads):
+        assert ref.abs().max() > 0  # the comparison is not vacuous
+        torch.testing.assert_close(g, ref, rtol=1e-10, atol=1e-12 * ref.abs().max().item())
+        torch.testing.assert_close(f, ref, rtol=1e-10, atol=1e-12 * ref.abs().max().item())
+
+
+def test_fused_loss_is_the_trainer_objective_and_raises_on_overflow():
+    """loss_prepared equals the MSE of predict_prepared, without gradients too, and an exp
+    overflow raises FloatingPointError from the fused pass as from the prediction."""
+    b = _batch(d=3, n=5, size=6)
+    model = KernelAttention(3, KernelAttentionConfig(layers=2, heads=["exp"], init_std=0.3), [0, 1],
+                            dtype=torch.float64)  # fmt: skip
+    state = model.prepare(b)
+    with torch.no_grad():
+        loss = model.loss_prepared(state, b)
+    expected = (model.predict_prepared(state) - b.y_query).pow(2).mean(-1)
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+    b32 = b.to(torch.float32)
+    hot = KernelAttention(3, KernelAttentionConfig(layers=1, heads=["exp"]), [0, 1])
+    hot.set_weights(Q=10 * torch.eye(3), K=10 * torch.eye(3), v=torch.tensor(1.0))
+    with pytest.raises(FloatingPointError, match="overflow"):
+        hot.loss_prepared(hot.prepare(b32), b32)
+
+
+@pytest.mark.parametrize("heads", [["exp"], ["linear", "relu", "exp", "softmax"]])
+def test_fused_loss_reuses_its_buffers_across_calls_exactly(heads):
+    """On a CPU the fused pass keeps its scratch buffers (and views of them) for the next call
+    with the same shapes: repeated calls with new prompts and new weights, and a call with
+    other shapes in between, still give the autograd loss and gradients (float64)."""
+    d, n, size = 4, 5, 23
+    cfg = KernelAttentionConfig(layers=3, heads=heads, init_std=0.4)
+    model = KernelAttention(d, cfg, [0, 1], dtype=torch.float64)
+    params = list(model.parameters())
+    gen = torch.Generator().manual_seed(3)
+
+    def check(size: int, chunk: int) -> None:
+        tokens = torch.randn(2, size, n + 1, d + 1, generator=gen, dtype=torch.float64)
+        tokens[..., -1, -1] = 0.0
+        y = torch.randn(2, size, generator=gen, dtype=torch.float64)
+        with torch.no_grad():
+            for p in params:
+                p.copy_(0.4 * torch.randn(p.shape, generator=gen, dtype=torch.float64))
+        ref_loss = (model.sign * model._label_stream_autograd(tokens) - y).pow(2).mean(-1)
+        ref = torch.autograd.grad(ref_loss.sum(), params)
+        saved = stream.CPU_CHUNK
+        stream.CPU_CHUNK = chunk
+        try:
+            loss = model.loss_prepared(tokens, types.SimpleNamespace(y_query=y))
+            grads = torch.autograd.grad(loss.sum(), params)
+        finally:
+            stream.CPU_CHUNK = saved
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=1e-12)
+        for g, r in zip(grads, ref):
+            assert r.abs().max() > 0
+            torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12 * r.abs().max().item())
+
+    for size_, chunk in [(size, 14), (size, 14), (9, 14), (size, 14), (size, 46)]:
+        check(size_, chunk)

@@ -25,7 +25,11 @@ for the query), with ``S_h = X M_h X_ctxᵀ``, ``M_h = K_hᵀ Q_h`` and ``n_h = 
 label slots — no token matrix, no x-updates. A ``linear`` head never forms its scores:
 ``S r = X M (X_ctxᵀ r)`` costs O(n·d) instead of O(n²·d). :meth:`forward_tokens` keeps the
 token-level layer loop (every residual stream, and the only path when B is trained); the two
-agree to round-off (tested in float64).
+agree to round-off (tested in float64). The label stream runs in
+:mod:`iclab.models.kernel_label_stream`: prompts on the last axis, chunked, with a hand-derived
+backward; :meth:`KernelAttention.loss_prepared` (the trainer's objective) computes the MSE and
+its gradient in the same chunked pass. ``_label_stream_autograd`` is the same recursion in
+plain autograd, used when the tokens need a gradient (input sensitivities).
 
 Overflow: ``exp`` is evaluated in the working dtype with no rescaling; if any ``exp`` weight is
 non-finite the forward raises ``FloatingPointError`` naming the largest logit (rescaling the
@@ -50,6 +54,7 @@ from torch import nn
 
 from iclab.batches import PromptBatch
 from iclab.models.ensemble import TokenRowModel, init_ensemble_
+from iclab.models.kernel_label_stream import label_stream, label_stream_mse
 from iclab.registry import register_model
 from iclab.validation import STRICT_CONFIG
 
@@ -216,16 +221,61 @@ class KernelAttention(TokenRowModel):
             return self.sign * self.forward_tokens(tokens)[-1][..., -1, self.d]
         return self.sign * self._label_stream(tokens)
 
+    def loss_prepared(self, state: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
+        """Mean squared error per member (E,). With B = 0 the prediction, the loss and its
+        gradient come from one chunked pass
+        (:func:`~iclab.models.kernel_label_stream.label_stream_mse`)."""
+        if self.config.train_value_block or state.requires_grad:
+            return super().loss_prepared(state, batch)
+        d, n = self._check_tokens(state)
+        loss, overflow = label_stream_mse(
+            state[..., :d], state[..., :n, d], state[..., n, d], batch.y_query,
+            *self._stream_weights(n), self.config.heads, self.sign,
+        )  # fmt: skip
+        if bool(overflow):
+            raise self._overflow_from(state)
+        return loss
+
+    def _stream_weights(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``M = Kᵀ Q`` (E, L, H, d, d), so that s(m, j) = x_mᵀ M x_j, and the per-head steps
+        ``v / n`` (``v`` for softmax) (E, L, H), differentiable in the parameters."""
+        norm = torch.tensor(
+            [1.0 if a == "softmax" else float(n) for a in self.config.heads],
+            dtype=self.v.dtype,
+            device=self.v.device,
+        )
+        return self.K.transpose(-1, -2) @ self.Q, self.v / norm
+
     def _label_stream(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The query's label slot after L layers when B = 0 (module docstring, fast path)."""
+        """The query's label slot after L layers when B = 0 (module docstring, fast path):
+        :func:`~iclab.models.kernel_label_stream.label_stream` (chunked, hand-derived
+        backward), or :meth:`_label_stream_autograd` when the tokens need a gradient."""
+        d, n = self._check_tokens(tokens)
+        if tokens.requires_grad:
+            return self._label_stream_autograd(tokens)
+        q, overflow = label_stream(
+            tokens[..., :d], tokens[..., :n, d], tokens[..., n, d], *self._stream_weights(n),
+            self.config.heads,
+        )  # fmt: skip
+        if bool(overflow):
+            raise self._overflow_from(tokens)
+        return q
+
+    def _check_tokens(self, tokens: torch.Tensor) -> tuple[int, int]:
+        """(d, n) of a token batch (E, B, n+1, d+1) for this model; ValueError otherwise."""
         d = self.d
-        E, B, N, width = tokens.shape
-        n = N - 1
-        if width != d + 1 or n < 1 or self.ensemble_size != tokens.shape[0]:
+        E, _, N, width = tokens.shape
+        if width != d + 1 or N < 2 or self.ensemble_size != E:
             raise ValueError(
                 f"tokens: expected shape ({self.ensemble_size}, B, n+1, {d + 1}) with n >= 1, "
                 f"got {tuple(tokens.shape)}"
             )
+        return d, N - 1
+
+    def _label_stream_autograd(self, tokens: torch.Tensor) -> torch.Tensor:
+        """:meth:`_label_stream` in plain autograd (differentiable in the tokens too)."""
+        d, n = self._check_tokens(tokens)
+        E, B, N, _ = tokens.shape
         x = tokens[..., :d]  # (E, B, N, d)
         x_rows = x.reshape(E, B * N, d)
         x_ctx = x[:, :, :n]
