@@ -459,3 +459,18 @@ def test_registered_and_readable_by_the_prompt_models():
         kind = registry.model_kind(name)
         model = kind.builder(3, kind.config(), [0, 1])
         assert model.predict_prepared(model.prepare(b)).shape == (2, 4)
+
+
+def test_trains_and_reloads_from_its_run_folder(tmp_path):
+    from iclab.training import train
+    from iclab.training.trainer import load_run
+
+    data = {
+        "task": {"kind": "function_class", "family": "relu_network", "d": 3, "n": 5, "width": 8},
+        "train": {"steps": 2, "batch_size": 16, "test_size": 32, "eval_every": 1},
+    }
+    res = train(make_config(data), tmp_path / "run", progress=False)
+    assert res.info["status"] == "completed"
+    loaded = load_run(tmp_path / "run")  # the dumped config, family defaults filled, reloads
+    assert loaded.config.task == res.config.task and loaded.config.task.width == 8
+    assert isinstance(loaded.task, FunctionClassTask)
