@@ -118,8 +118,8 @@ class FunctionClassConfig(BaseModel):
     rank: PositiveInt | None = Field(
         None, validate_default=True, description="low_rank: subspace dimension r (<= d)"
     )
-    x_scale: FiniteFloat = Field(1.0, gt=0.0, description="inputs multiplied by this factor")
-    y_scale: FiniteFloat = Field(1.0, gt=0.0, description="labels multiplied by this factor")
+    x_scale: FiniteFloat = Field(1.0, gt=0.0, description="inputs multiplied by this factor (> 0)")
+    y_scale: FiniteFloat = Field(1.0, gt=0.0, description="labels multiplied by this factor (> 0)")
     query: Literal["standard", "orthogonal", "context_point"] = Field(
         "standard",
         description="the query: a fresh input, one orthogonal to the context inputs, or one of "
