@@ -3,6 +3,8 @@
 from iclab.batches import PromptBatch, SequenceBatch
 from iclab.registry import import_all_modules
 from iclab.tasks.ensemble_task import EnsembleTask
+from iclab.tasks.function_class import FunctionClassBatch, FunctionClassConfig, FunctionClassTask
+from iclab.tasks.function_classes import FunctionParams, draw_functions, evaluate
 from iclab.tasks.gaussian_process import (
     GaussianProcessBatch,
     GaussianProcessConfig,
@@ -26,6 +28,10 @@ from iclab.tasks.markov_chain import MarkovChainBatch, MarkovChainConfig, Markov
 
 __all__ = [
     "EnsembleTask",
+    "FunctionClassBatch",
+    "FunctionClassConfig",
+    "FunctionClassTask",
+    "FunctionParams",
     "GaussianProcessBatch",
     "GaussianProcessConfig",
     "GaussianProcessTask",
@@ -41,6 +47,8 @@ __all__ = [
     "MarkovChainTask",
     "PromptBatch",
     "SequenceBatch",
+    "draw_functions",
+    "evaluate",
     "gp_covariance",
     "kernel_function",
     "rotated_covariance",
