@@ -211,6 +211,9 @@ class RunConfig(BaseModel):
         registry.check_pair(self.task.kind, self.model.kind)  # type: ignore[attr-defined]
         polish = self.train.polish
         model = registry.model_kind(self.model.kind)  # type: ignore[attr-defined]
+        check_task = getattr(model.builder, "check_task", None)
+        if callable(check_task):
+            check_task(self.model, self.task)
         if self.precision != "float32" and self.dtype != "float32":
             raise ValueError(
                 f"precision: {self.precision!r} lowers float32 arithmetic, but dtype is "

@@ -124,6 +124,11 @@ class EnsembleModel(nn.Module):
         return {}
 
     @classmethod
+    def check_task(cls, config: Any, task: Any) -> None:
+        """Raise ValueError (naming the field) if this model cannot read the task's prompts;
+        called when a run configuration is validated. Default: any task of an accepted batch."""
+
+    @classmethod
     def activation_bytes(cls, d: int, config: Any, tokens: int, itemsize: int) -> int:
         """An upper bound of the memory one prompt of one member keeps for the backward pass
         (used to refuse runs that cannot fit; see :mod:`iclab.training.memory`). The default
