@@ -123,6 +123,37 @@ class PolishConfig(BaseModel):
     )
 
 
+class RampConfig(BaseModel):
+    """A value growing linearly in steps: ``min(end, start + inc · ⌊step / interval⌋)``, where
+    ``end`` is the task's own value (its ``n``, its dimension)."""
+
+    model_config = STRICT_CONFIG
+
+    start: int = Field(ge=1, description="value at step 0")
+    inc: int = Field(1, ge=0, description="added every `interval` steps")
+    interval: int = Field(1000, ge=1, description="steps between increments")
+
+    def at(self, step: int, end: int) -> int:
+        return min(end, self.start + self.inc * (step // self.interval))
+
+
+class CurriculumConfig(BaseModel):
+    """Training prompts that start short and low-dimensional and grow to the task's ``n`` and
+    dimension (the test set always uses the task's own values)."""
+
+    model_config = STRICT_CONFIG
+
+    n: RampConfig | None = Field(None, description="context examples per training prompt")
+    active_dims: RampConfig | None = Field(
+        None, description="non-zero input coordinates of the training prompts"
+    )
+
+    def at(self, step: int, ends: dict[str, int]) -> dict[str, int]:
+        """The task overrides of the batch drawn at ``step``."""
+        ramps = {"n": self.n, "active_dims": self.active_dims}
+        return {k: r.at(step, ends[k]) for k, r in ramps.items() if r is not None}
+
+
 class TrainConfig(BaseModel):
     model_config = STRICT_CONFIG
 
@@ -152,6 +183,11 @@ class TrainConfig(BaseModel):
     clip: ClipConfig = ClipConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     polish: PolishConfig = PolishConfig()
+    curriculum: CurriculumConfig | None = Field(
+        None,
+        description="grow the training prompts' n and active_dims linearly (tasks that accept "
+        "them, e.g. function_class); null: the task's own values throughout",
+    )
     test_size: int = Field(5000, ge=1, description="prompts in the fixed test set (per seed)")
     eval_every: int = Field(100, ge=1, description="evaluate on the test set every k steps")
     checkpoint_every: int = Field(1000, ge=1, description="write a checkpoint every k steps")
@@ -211,6 +247,8 @@ class RunConfig(BaseModel):
         registry.check_pair(self.task.kind, self.model.kind)  # type: ignore[attr-defined]
         polish = self.train.polish
         model = registry.model_kind(self.model.kind)  # type: ignore[attr-defined]
+        if self.train.curriculum is not None:
+            _check_curriculum(self.train.curriculum, self.task)
         check_task = getattr(model.builder, "check_task", None)
         if callable(check_task):
             check_task(self.model, self.task)
@@ -249,6 +287,41 @@ class RunConfig(BaseModel):
 _UNION_BRANCH = re.compile(
     r"^(?:literal|list|tuple|dict|set|function-\w+|union|nullable)\[|^(?:int|float|str|bool|none)$"
 )
+
+
+def curriculum_ends(task: BaseModel) -> dict[str, int]:
+    """The values a curriculum grows to: the task's ``n`` and its active dimensions."""
+    ends = {}
+    if isinstance(getattr(task, "n", None), int):
+        ends["n"] = task.n  # type: ignore[attr-defined]
+    dims = getattr(task, "effective_dims", None)
+    if isinstance(dims, int):
+        ends["active_dims"] = dims
+    return ends
+
+
+def _check_curriculum(curriculum: CurriculumConfig, task: BaseModel) -> None:
+    kind = registry.task_kind(task.kind)  # type: ignore[attr-defined]
+    accepts = getattr(kind.builder, "curriculum_keys", ())
+    ends = curriculum_ends(task)
+    for key in ("n", "active_dims"):
+        ramp = getattr(curriculum, key)
+        if ramp is None:
+            continue
+        if key not in accepts:
+            able = sorted(
+                t.name
+                for t in registry.TASKS.values()
+                if key in getattr(t.builder, "curriculum_keys", ())
+            )
+            raise ValueError(
+                f"train.curriculum.{key}: task.kind {task.kind!r} cannot vary {key} per batch "  # type: ignore[attr-defined]
+                f"(task kinds that can: {able})"
+            )
+        if ramp.start > ends[key]:
+            raise ValueError(
+                f"train.curriculum.{key}.start: {ramp.start} exceeds the task's {key} = {ends[key]}"
+            )
 
 
 def _excerpt(value: Any, limit: int = 60) -> str:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
@@ -269,6 +269,8 @@ class FunctionClassTask(EnsembleTask):
     ``active_dims``, the shifts and ``x_scale``: I, the skewed Σ, or the projection V Vᵀ.
     ``pools`` holds each seed's function pool (batch shape (pool_size,)) when pooling.
     """
+
+    curriculum_keys: ClassVar[tuple[str, ...]] = ("n", "active_dims")  # sample() overrides
 
     def __init__(
         self,

@@ -30,18 +30,23 @@ from iclab.training.checkpoint import CONFIG, RunFolderError
 
 LOCK = ".iclab.lock"
 #: top-level config fields added after checkpoint format 2, with the value equal to the old behaviour
-ADDED_FIELDS = {"precision": "float32"}
+ADDED_FIELDS = {"precision": "float32", "train.curriculum": None}
 
 
 def fingerprint(config: RunConfig) -> str:
     """SHA-256 of the configuration's canonical JSON: what a checkpoint's data was produced by.
 
     Fields added after checkpoint format 2 are left out while they hold the value that means
-    what runs did before they existed (``precision: float32``), so older folders still resume."""
+    what runs did before they existed (``precision: float32``, ``train.curriculum: null``), so
+    older folders still resume."""
     data = config.to_dict()
-    for key, before in ADDED_FIELDS.items():
-        if data.get(key) == before:
-            del data[key]
+    for path, before in ADDED_FIELDS.items():
+        *parents, key = path.split(".")
+        holder = data
+        for p in parents:
+            holder = holder.get(p, {})
+        if key in holder and holder[key] == before:
+            del holder[key]
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -40,7 +40,14 @@ import torch
 import iclab
 from iclab import registry
 from iclab.atomic_io import atomic_write_json, atomic_write_text
-from iclab.config import ConfigError, RunConfig, dump_config, load_config, make_config
+from iclab.config import (
+    ConfigError,
+    RunConfig,
+    curriculum_ends,
+    dump_config,
+    load_config,
+    make_config,
+)
 from iclab.device import matmul_precision, peak_memory, resolve_device, resolve_dtype
 from iclab.models import EnsembleModel
 from iclab.tasks import EnsembleTask
@@ -454,14 +461,17 @@ def _train(
         for h in hooks:
             h.on_step(done)
 
+    ends = curriculum_ends(config.task)  # a curriculum grows the training prompts to these
+
     def first_order_steps() -> None:
-        state = None
+        state, grow = None, {}
         for step in range(start, tcfg.steps):
             if state is None or step % tcfg.resample_every == 0:
-                batch = task.sample(tcfg.batch_size, "train", step // tcfg.resample_every)
+                first = step - step % tcfg.resample_every  # the same on resume
+                grow = tcfg.curriculum.at(first, ends) if tcfg.curriculum else {}
+                batch = task.sample(tcfg.batch_size, "train", step // tcfg.resample_every, **grow)
                 with torch.no_grad():
                     state = model.prepare(batch)
-                first = step - step % tcfg.resample_every  # the same on resume
                 model.plan(state, min(first + tcfg.resample_every, tcfg.steps) - first)
             lr = tcfg.lr * lr_factor(step, tcfg.steps, tcfg.schedule)
             for g in opt.param_groups:
@@ -480,7 +490,7 @@ def _train(
             done = step + 1
             evaluated = done % tcfg.eval_every == 0 or done == tcfg.steps
             if evaluated:
-                record(done, lr, loss)
+                record(done, lr, loss, **({"curriculum": grow} if tcfg.curriculum else {}))
             if done % tcfg.checkpoint_every == 0 or done == tcfg.steps:
                 save_checkpoint(done, evaluated)
             finish_step(done)
