@@ -3,6 +3,8 @@
 Inputs are prompts with a leading ensemble dimension ``E`` and batch dimension ``B``:
 ``x`` (E, B, n, d), ``y`` (E, B, n), ``x_query`` (E, B, d); outputs are :class:`Prediction` s with
 predictions (E, B) and fitted weights (E, B, d). No per-prompt Python loops; any device and dtype.
+:mod:`iclab.algorithms.prefix_baselines` holds Garg et al.'s baselines evaluated at every prefix of
+sequences ``x`` (E, B, N, d), ``y`` (E, B, N).
 """
 
 from iclab.algorithms.classic_baselines import (
@@ -20,6 +22,17 @@ from iclab.algorithms.kernel_methods import (
     tune_functional_gd_steps,
 )
 from iclab.algorithms.least_squares import Prediction, bayes_posterior_mean, ols, ridge
+from iclab.algorithms.prefix_baselines import (
+    prefix_averaging,
+    prefix_decision_tree,
+    prefix_gradient_boosting,
+    prefix_knn,
+    prefix_lasso,
+    prefix_lasso_path,
+    prefix_least_squares,
+    prefix_sklearn,
+    prefix_two_layer_net,
+)
 from iclab.algorithms.step_size_tuning import TunedSteps, tune_gd_step_sizes
 
 __all__ = [
@@ -37,6 +50,15 @@ __all__ = [
     "logistic_regression",
     "ols",
     "preconditioned_gd",
+    "prefix_averaging",
+    "prefix_decision_tree",
+    "prefix_gradient_boosting",
+    "prefix_knn",
+    "prefix_lasso",
+    "prefix_lasso_path",
+    "prefix_least_squares",
+    "prefix_sklearn",
+    "prefix_two_layer_net",
     "ridge",
     "sufficient_statistics",
     "tune_functional_gd_steps",
