@@ -165,8 +165,8 @@ def main() -> None:
     rows = [
         ("naive", "naive (E_t E_tᴴ for every t)"),
         ("before", "before (stored prefix Gram sums)"),
-        ("streaming", "after: streaming (first epochs)"),
-        ("moments", "after: moments (later epochs)"),
+        ("streaming", "after: streaming (short runs)"),
+        ("moments", "after: moments (>= 40 epochs)"),
     ]
     naive = None
     for kind, label in rows:
