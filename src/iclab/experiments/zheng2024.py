@@ -118,10 +118,9 @@ QUICK = Budget(
     test_size=1000, every_init_at_every_scale=False,
 )  # fmt: skip
 # Full: every init at every scale, m = 1000 and 4000, a 5× longer Gaussian-init run.
-# Estimated from the quick run's measured step rates (2 seeds: m = 500 0.105 s/epoch, m = 2000
-# 0.30 s/epoch; so m = 1000 ≈ 0.17, m = 4000 ≈ 0.62; 1 seed at m = 1000 ≈ 0.085): Gaussian
-# 9 runs, 5400 epochs ≈ 920 s; sparse 3600 epochs ≈ 310 s; the m = 4000 pair 600 epochs ≈
-# 370 s; all-ones 300 epochs ≈ 50 s; Gaussian init 3000 epochs ≈ 510 s: ≈ 36 min on 2 cores.
+# Measured 2026-12-01 at 0a94fab (2 cores, the test suite running alongside): 22 runs, 613 s of
+# training, 626 s in all (the prediction moments: 3788 s with the stored prefix Gram sums).
+# Quick: 117 s alone.
 FULL = Budget(
     seeds=2, sequences=1000, epochs=300, sparse_epochs=400, ones_epochs=300,
     gaussian_init_epochs=3000, sigmas=(0.5, 1.0, 2.0), cs=(0.5, 1.0, 2.0), inits=INITS,
