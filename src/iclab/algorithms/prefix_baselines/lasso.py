@@ -37,7 +37,7 @@ from collections.abc import Sequence
 
 import torch
 
-from iclab.algorithms.prefix_baselines._common import (
+from iclab.algorithms.prefix_baselines.sequence_shapes import (
     check_positions,
     check_sequences,
     new_predictions,

@@ -19,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import torch
 
-from iclab.algorithms.prefix_baselines._common import (
+from iclab.algorithms.prefix_baselines.sequence_shapes import (
     check_positions,
     check_sequences,
     new_predictions,
