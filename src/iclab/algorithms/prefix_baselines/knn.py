@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from iclab.algorithms.prefix_baselines.sequence_shapes import (
+    check_counts,
     check_positions,
     check_sequences,
     new_predictions,
@@ -39,8 +40,7 @@ def prefix_knn(
         (E, B, N) prefix predictions (NaN at positions not evaluated).
     """
     N, _ = check_sequences(x, y)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k: expected an integer >= 1, got {k!r}")
+    check_counts(k=k)
     pos = check_positions(positions, N)
     out = new_predictions(x, pos)
     for i in pos:

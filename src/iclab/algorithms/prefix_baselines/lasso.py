@@ -38,6 +38,7 @@ from collections.abc import Sequence
 import torch
 
 from iclab.algorithms.prefix_baselines.sequence_shapes import (
+    check_counts,
     check_positions,
     check_sequences,
     new_predictions,
@@ -213,13 +214,7 @@ def prefix_lasso_path(
     if not alphas or not all(math.isfinite(a) and a > 0 for a in alphas):
         raise ValueError(f"alphas: expected finite numbers > 0, got {alphas!r}")
     max_events = 20 * d if max_events is None else max_events
-    for name, v in (
-        ("max_events", max_events),
-        ("max_sweeps", max_sweeps),
-        ("check_every", check_every),
-    ):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+    check_counts(max_events=max_events, max_sweeps=max_sweeps, check_every=check_every)
     tol = 1e-12 if tol is None else float(tol)
     if not (math.isfinite(tol) and tol > 0):
         raise ValueError(f"tol: expected a finite number > 0, got {tol!r}")

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_positions", "check_sequences", "new_predictions"]
+__all__ = ["check_counts", "check_positions", "check_sequences", "new_predictions"]
 
 
 def check_sequences(x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
@@ -45,3 +45,10 @@ def new_predictions(x: torch.Tensor, positions: list[int]) -> torch.Tensor:
     if positions and positions[0] == 0:
         out[..., 0] = 0
     return out
+
+
+def check_counts(**counts: object) -> None:
+    """Each keyword must be an integer ≥ 1 (not a bool); the error names the first that is not."""
+    for name, v in counts.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from iclab.algorithms.prefix_baselines.sequence_shapes import (
+    check_counts,
     check_positions,
     check_sequences,
     new_predictions,
@@ -63,8 +64,7 @@ def prefix_sklearn(
         (E, B, N) prefix predictions (NaN at positions not evaluated).
     """
     N, d = check_sequences(x, y)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers: expected an integer >= 1, got {workers!r}")
+    check_counts(workers=workers)
     pos = check_positions(positions, N)
     out = new_predictions(x, pos)
     fit = [i for i in pos if i > 0]

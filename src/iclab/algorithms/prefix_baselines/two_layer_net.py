@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import torch
 
 from iclab.algorithms.prefix_baselines.sequence_shapes import (
+    check_counts,
     check_positions,
     check_sequences,
     new_predictions,
@@ -101,9 +102,7 @@ def prefix_two_layer_net(
         (E, B, N) prefix predictions (NaN at positions not evaluated).
     """
     N, d = check_sequences(x, y)
-    for name, v in (("width", width), ("steps", steps)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+    check_counts(width=width, steps=steps)
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr: expected a finite number > 0, got {lr!r}")
     pos = check_positions(positions, N)
