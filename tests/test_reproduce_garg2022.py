@@ -1,0 +1,155 @@
+"""``iclab reproduce garg2022`` on tiny budgets: report contract, figures, re-analysis from the run
+folders, untrained models failing every claim row; the prefix-curve statistics and the
+normalisers against Monte Carlo."""
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from report_contract import ROW_KEYS
+
+from iclab.analysis.prefix_curves import PrefixCurves
+from iclab.experiments.experiment import run_experiment
+from iclab.experiments.garg2022 import (
+    EXPERIMENT,
+    TRANSFORMER,
+    Budget,
+    _null_error,
+    _shifted_task,
+)
+from iclab.experiments.registry import EXPERIMENTS, get_experiment
+from iclab.tasks.function_class import FunctionClassConfig, FunctionClassTask
+
+TINY = Budget(
+    d=3,
+    n=6,
+    seeds=1,
+    layers=1,
+    heads=1,
+    width=8,
+    steps=20,
+    test_size=60,
+    slow_prompts=4,
+    net_steps=20,
+    boost_estimators=5,
+    workers=1,
+    resamples=50,
+    interval=5,
+    start_dims=1,
+    start_n=2,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("garg")
+    rows = run_experiment(
+        EXPERIMENT, out, budget="tiny", budget_value=TINY, device="cpu", progress=False
+    )
+    return out, rows
+
+
+def test_report_contract_figures_and_reanalysis(tiny_report):
+    out, rows = tiny_report
+    doc = json.loads((out / "report.json").read_text())
+    assert all(set(r) == ROW_KEYS for r in doc["rows"])
+    # linear 2 + sparse 2 + trees 1 + nets 1 claims, a causality check per class, and 7 shifts
+    # (the orthogonal query is shown, not tested)
+    assert len(rows) == 6 + 4 + 7
+    checks = [r for r in rows if r.quantity.endswith("cut after k")]
+    assert len(checks) == 4 and all(r.verdict == "check" for r in checks)
+    assert all("SE" in r.threshold for r in rows if r.verdict != "check")
+    for fig in ("error_vs_examples", "linear_shifts"):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 1000
+    again = run_experiment(
+        EXPERIMENT, out, budget="tiny", budget_value=TINY, device="cpu", progress=False,
+        train=False,
+    )  # fmt: skip
+    assert again == rows
+    assert "garg2022" in EXPERIMENTS and get_experiment("garg2022") is EXPERIMENT
+
+
+def test_untrained_models_fail_every_claim_row(tmp_path):
+    untrained = replace(TINY, steps=0, test_size=400, slow_prompts=40, n=8)
+    rows = run_experiment(
+        EXPERIMENT, tmp_path, budget="tiny", budget_value=untrained, device="cpu", progress=False
+    )
+    claims = [r for r in rows if r.verdict != "check"]
+    assert len(claims) == 13
+    assert all(r.verdict == "fail" for r in claims), [(r.quantity, r.verdict) for r in claims]
+
+
+def test_runs_are_typed_configs_of_the_class_presets():
+    runs = EXPERIMENT.runs(replace(TINY, sparsity=2, tree_depth=2, net_width=7))
+    tasks = {r.name: r.config.task for r in runs}
+    assert set(tasks) == {"linear", "sparse_linear", "decision_tree", "relu_network"}
+    assert tasks["sparse_linear"].sparsity == 2 and tasks["decision_tree"].depth == 2
+    assert tasks["relu_network"].width == 7
+    for r in runs:
+        assert r.config.task.d == 3 and r.config.task.n == 6
+        assert r.config.model.positions == 14 and r.config.train.curriculum is not None
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"family": "linear"},
+        {"family": "sparse_linear", "sparsity": 2},
+        {"family": "relu_network", "width": 20},
+        {"family": "decision_tree", "depth": 3},
+        {"family": "linear", "x_distribution": "skewed"},
+        {"family": "linear", "x_distribution": "low_rank", "rank": 2},
+        {"family": "sparse_linear", "sparsity": 2, "x_distribution": "low_rank", "rank": 3},
+        {"family": "linear", "x_scale": 2.0, "y_scale": 0.5},
+    ],
+)
+def test_null_error_is_the_mean_squared_label(changes):
+    cfg = FunctionClassConfig.model_validate({"d": 5, "n": 4, **changes})
+    batch = FunctionClassTask(cfg, [0], dtype=torch.float64).sample(40000, "mc")
+    y2 = batch.y.square().flatten()
+    mc, se = float(y2.mean()), float(y2.std()) / math.sqrt(y2.numel())
+    assert abs(mc - _null_error(cfg)) < 4 * se + 1e-12, (mc, se, _null_error(cfg))
+
+
+def test_shifted_task_keeps_seeds_and_fits_the_orthogonal_query(tiny_report):
+    out, _ = tiny_report
+    from iclab.experiments.experiment import RunSet
+
+    result = RunSet(out / "runs", "cpu")["linear"]
+    task = _shifted_task(result, {"query": "orthogonal"})
+    assert task.config.n == 2 and task.seeds == result.task.seeds  # n < d = 3
+    low = _shifted_task(result, {"x_distribution": "low_rank", "rank": "half"})
+    assert low.config.rank == 1
+
+
+def test_prefix_curves_paired_gap_and_partial_prompts():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(2, 50, 4, generator=g, dtype=torch.float64)
+    a = y + 0.1 * torch.randn(2, 50, 4, generator=g, dtype=torch.float64)
+    b = y + 0.3 * torch.randn(2, 50, 4, generator=g, dtype=torch.float64)
+    curves = PrefixCurves(scale=2.0)
+    curves.add(TRANSFORMER, a, y)
+    curves.add("b", b, y)
+    slow = b.clone()
+    slow[:, 10:] = float("nan")
+    slow[..., 1] = float("nan")
+    curves.add("slow", slow, y)
+    assert curves.positions("slow") == [0, 2, 3] and curves.prompts("slow") == 10
+    assert curves.prompts(TRANSFORMER) == 50
+    gap = curves.paired_gap("b", TRANSFORMER, [2, 3])
+    diff = (((b - y) ** 2 - (a - y) ** 2) / 2.0)[..., 2:4].mean(-1)  # (E, B)
+    assert gap.per_seed == pytest.approx(diff.mean(-1).tolist())
+    prompt_se = diff.std(-1) / math.sqrt(50)
+    noise = math.sqrt(float(prompt_se.square().mean()) / 2)
+    spread = float(diff.mean(-1).std()) / math.sqrt(2)
+    assert gap.se == pytest.approx(max(noise, spread))
+    part = curves.paired_gap("slow", TRANSFORMER, [2])  # only the first 10 prompts pair up
+    ref = (((b - y) ** 2 - (a - y) ** 2) / 2.0)[:, :10, 2].mean(-1)
+    assert part.per_seed == pytest.approx(ref.tolist())
+    mean, lo, hi = curves.band("slow", resamples=200)
+    assert math.isnan(mean[1]) and bool((lo[[0, 2, 3]] <= mean[[0, 2, 3]]).all())
+    assert bool((mean[[0, 2, 3]] <= hi[[0, 2, 3]]).all())
+    with pytest.raises(ValueError, match="predictions"):
+        curves.add("bad", a[..., :3], y)
