@@ -13,7 +13,7 @@ out="${1:-runs/quick}"
 shift || true
 papers=("$@")
 if [ ${#papers[@]} -eq 0 ]; then
-  papers=(ahn2023 cheng2024 ding2025 zheng2024)
+  papers=(ahn2023 cheng2024 ding2025 zheng2024 garg2022)
 fi
 status=0
 for paper in "${papers[@]}"; do

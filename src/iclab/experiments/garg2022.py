@@ -14,9 +14,10 @@ nothing" and the curves of every class share one scale.
 The paper's claims and how each is tested (every comparison is paired: the methods see the same
 prompts, and a gap is decided at 3 standard errors over prompts and seeds):
 
-- **linear**: the transformer tracks least squares — its error is near 0 once the prompt
-  determines w (k ≥ d + 2; at k = d, d + 1 least squares' own error has infinite expectation),
-  within 3 SE + ``TRACK_TOL``; and it beats 3-NN and averaging at every evaluated k ≥ 1.
+- **linear**: the transformer tracks least squares — least squares is exact from k = d on
+  (noise-free labels), and the transformer's error, averaged over k ≥ d + 2 (it reaches its
+  floor over the first examples after d, as in the paper's curves), is within 3 SE +
+  ``TRACK_TOL`` of it; and it beats 3-NN and averaging at every k ≥ 1.
 - **sparse linear** (k non-zero weights): it beats least squares at every k < d (where least
   squares cannot use the sparsity), and is within ``LASSO_TOL`` of the Lasso (α tuned on the
   evaluation prompts per k, an oracle the transformer does not have) averaged over k.
@@ -27,7 +28,8 @@ prompts, and a gap is decided at 3 standard errors over prompts and seeds):
 - **distribution shifts** (the linear model, not retrained): skewed covariance, a low-rank
   subspace, scaled inputs, scaled outputs, random and opposite quadrants for the query, and a
   query equal to a context point — the transformer's error stays within 3 SE + ``TRACK_TOL`` of
-  least squares' under the same shift. A row that fails while the in-distribution linear row
+  least squares' under the same shift (for k ≥ d + 2; at the query, k = n, for the shifts that
+  change only the query: opposite quadrants and a context point as query). A row that fails while the in-distribution linear row
   passes is ``refuted``: the model learned its training distribution, and the failure is a
   property of what it learned. A query orthogonal to the context is shown in the figure only:
   there every predictor that ignores the context (an untrained model too) is optimal, so it
@@ -100,9 +102,11 @@ class Budget:
     heads: int
     width: int
     steps: int
+    family_steps: Mapping[str, int] = field(default_factory=dict)  # per-class overrides of steps
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 200
+    min_lr_factor: float = 1.0  # < 1: cosine decay to this fraction of lr (1: constant)
     start_dims: int = 2
     start_n: int = 5
     interval: int = 200
@@ -137,7 +141,20 @@ class Budget:
         return sorted({round(1 + i * (self.n - 1) / 4) for i in range(5)})
 
 
-QUICK = Budget(d=5, n=15, seeds=2, layers=3, heads=4, width=64, steps=3000)
+#: d = 3 and the small model (3 layers, width 64): with the curriculum and a cosine decay the
+#: linear error falls under 0.02 of the zero predictor's within 9000 steps (measured)
+QUICK = Budget(
+    d=3,
+    n=9,
+    seeds=1,
+    layers=3,
+    heads=4,
+    width=64,
+    steps=3000,
+    family_steps={"linear": 5000, "sparse_linear": 4000},
+    sparsity=1,
+    min_lr_factor=0.1,
+)
 FULL = Budget(
     d=20,
     n=40,
@@ -170,6 +187,7 @@ def _task_fields(family: str, b: Budget) -> dict[str, Any]:
 
 
 def _run(family: str, b: Budget, device: str) -> Run:
+    steps = b.family_steps.get(family, b.steps)
     changes: dict[str, Any] = {f"task.{k}": v for k, v in _task_fields(family, b).items()}
     changes.update(
         {
@@ -180,16 +198,24 @@ def _run(family: str, b: Budget, device: str) -> Run:
             "model.heads": b.heads,
             "model.width": b.width,
             "model.positions": 2 * (b.n + 1),
-            "train.steps": b.steps,
+            "train.steps": steps,
             "train.batch_size": b.batch_size,
             "train.lr": b.lr,
-            "train.schedule": {"kind": "constant", "warmup_steps": b.warmup_steps},
+            "train.schedule": (
+                {"kind": "constant", "warmup_steps": b.warmup_steps}
+                if b.min_lr_factor >= 1
+                else {
+                    "kind": "cosine",
+                    "warmup_steps": b.warmup_steps,
+                    "min_factor": b.min_lr_factor,
+                }
+            ),
             "train.curriculum": {
                 "n": {"start": min(b.start_n, b.n), "inc": 2, "interval": b.interval},
                 "active_dims": {"start": min(b.start_dims, b.d), "inc": 1, "interval": b.interval},
             },
-            "train.eval_every": max(b.steps // 20, 1),
-            "train.checkpoint_every": max(b.steps // 10, 1),
+            "train.eval_every": max(steps // 20, 1),
+            "train.checkpoint_every": max(steps // 10, 1),
             "train.test_size": min(b.test_size, 512),
         }
     )
@@ -458,8 +484,8 @@ def _linear_rows(curves: PrefixCurves, task: FunctionClassConfig, b: Budget) -> 
             list(range(d + 2, n + 1)),
             TRACK_TOL,
             paper="tracks least squares: error ≈ 0 once k ≥ d (d = 20)",
-            note="least squares interpolates noise-free data exactly once k ≥ d; at k = d, d + 1 "
-            "its expected error is infinite, so the claim is tested from d + 2 on",
+            note="least squares is exact once k ≥ d (noise-free labels); the transformer's "
+            "error reaches its floor over the first examples after d, so the row averages k ≥ d + 2",
         ),
         _beats(
             f"linear (d={d}): transformer below 3-NN and averaging at every k",
@@ -536,7 +562,8 @@ def _shift_row(
     label: str, curves: PrefixCurves, task: FunctionClassConfig, trained_ok: bool
 ) -> ReportRow:
     d, n = task.d, task.n
-    ks = [n] if task.query == "context_point" else list(range(d + 2, n + 1))
+    at_query = task.query == "context_point" or task.quadrants == "opposite"
+    ks = [n] if at_query else list(range(d + 2, n + 1))
     evidence = (
         "the same model passes the in-distribution row (error ≈ least squares for k ≥ d + 2), so "
         "it learned its training law; the excess error under this shift is a property of what it "
@@ -544,7 +571,7 @@ def _shift_row(
         if trained_ok
         else None
     )
-    where = "at the query (k = n)" if task.query == "context_point" else "for k ≥ d + 2"
+    where = "at the query (k = n)" if at_query else "for k ≥ d + 2"
     return _within(
         f"linear, {label}: transformer error ≈ least squares {where}",
         curves,

@@ -6,8 +6,8 @@ does), with predictions moved back to the input's device and dtype. Prompts are 
 fitted in a ``concurrent.futures.ProcessPoolExecutor`` (``workers`` processes, started with
 ``spawn``, which is safe after torch has started threads); ``workers = 1`` fits in the calling
 process. Every fit is a fresh clone of the given estimator with its fixed ``random_state``, so
-results do not depend on the number of workers or the chunking. Needs scikit-learn (a test
-extra of iclab; imported only when these functions are called).
+results do not depend on the number of workers or the chunking. scikit-learn is a dependency of
+iclab, imported only when these functions are called.
 """
 
 from __future__ import annotations
