@@ -153,3 +153,42 @@ def test_prefix_curves_paired_gap_and_partial_prompts():
     assert bool((mean[[0, 2, 3]] <= hi[[0, 2, 3]]).all())
     with pytest.raises(ValueError, match="predictions"):
         curves.add("bad", a[..., :3], y)
+
+
+def _curves(tf_error: float, other_error: float, other: str, prompts: int = 400, n: int = 9):
+    """Synthetic curves: per-prompt errors with the given means (exponential noise, paired)."""
+    g = torch.Generator().manual_seed(1)
+    noise = torch.rand(1, prompts, n + 1, generator=g, dtype=torch.float64)
+    curves = PrefixCurves(scale=1.0)
+    zeros = torch.zeros(1, prompts, n + 1, dtype=torch.float64)
+    curves.add(TRANSFORMER, (2 * tf_error * noise).sqrt(), zeros)
+    curves.add(other, (2 * other_error * noise.flip(1)).sqrt(), zeros)
+    return curves
+
+
+@pytest.mark.parametrize(
+    ("tf", "ls", "trained_ok", "verdict"),
+    [
+        (0.03, 0.0, True, "pass"),
+        (0.03, 0.0, False, "pass"),
+        (0.5, 0.0, True, "refuted"),  # the model learned its law; the shift breaks it
+        (0.5, 0.0, False, "fail"),  # an unconverged model proves nothing
+        (0.95, 0.9, True, "fail"),  # a band that cannot tell the zero predictor apart: no power
+    ],
+)
+def test_shift_rows_refute_only_for_a_trained_model_and_need_power(tf, ls, trained_ok, verdict):
+    from iclab.experiments.garg2022 import LS, _shift_row
+
+    cfg = FunctionClassConfig.model_validate({"d": 3, "n": 9, "x_scale": 2.0})
+    row = _shift_row("inputs ×2", _curves(tf, ls, LS), cfg, trained_ok)
+    assert row.verdict == verdict, row.threshold
+
+
+@pytest.mark.parametrize(
+    ("tf", "other", "ok"), [(0.3, 0.6, True), (0.6, 0.6, False), (0.7, 0.6, False)]
+)
+def test_beats_needs_a_gap_of_three_standard_errors_at_every_k(tf, other, ok):
+    from iclab.experiments.garg2022 import _beats
+
+    row = _beats("q", _curves(tf, other, "rival"), ("rival",), list(range(1, 10)), paper="p")
+    assert (row.verdict == "pass") is ok and "smallest margin" in row.threshold
