@@ -192,3 +192,19 @@ def test_beats_needs_a_gap_of_three_standard_errors_at_every_k(tf, other, ok):
 
     row = _beats("q", _curves(tf, other, "rival"), ("rival",), list(range(1, 10)), paper="p")
     assert (row.verdict == "pass") is ok and "smallest margin" in row.threshold
+
+
+def test_full_budget_uses_the_paper_sizes():
+    from iclab.experiments.garg2022 import FULL
+
+    runs = {r.name: r.config for r in EXPERIMENT.runs(FULL, device="cpu")}
+    assert {n: c.task.n for n, c in runs.items()} == {
+        "linear": 40,
+        "sparse_linear": 40,
+        "decision_tree": 100,
+        "relu_network": 100,
+    }
+    for c in runs.values():
+        assert c.task.d == 20 and c.model.layers == 12 and c.model.width == 256
+        assert c.model.positions == 2 * (c.task.n + 1) and c.train.steps == 500_000
+    assert runs["sparse_linear"].task.sparsity == 3

@@ -103,6 +103,7 @@ class Budget:
     width: int
     steps: int
     family_steps: Mapping[str, int] = field(default_factory=dict)  # per-class overrides of steps
+    family_n: Mapping[str, int] = field(default_factory=dict)  # per-class overrides of n
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 200
@@ -135,10 +136,14 @@ class Budget:
         }
     )
 
-    def slow_at(self) -> list[int]:
+    def n_for(self, family: str) -> int:
+        return self.family_n.get(family, self.n)
+
+    def slow_at(self, n: int) -> list[int]:
+        """Prefix lengths at which the per-prompt learners are fitted, for prompts of n examples."""
         if self.slow_positions:
-            return [k for k in self.slow_positions if 1 <= k <= self.n]
-        return sorted({round(1 + i * (self.n - 1) / 4) for i in range(5)})
+            return [k for k in self.slow_positions if 1 <= k <= n]
+        return sorted({round(1 + i * (n - 1) / 4) for i in range(5)})
 
 
 #: d = 3 and the small model (3 layers, width 64): with the curriculum and a cosine decay the
@@ -174,6 +179,7 @@ FULL = Budget(
     start_n=10,
     interval=2000,
     sparsity=3,
+    family_n={"decision_tree": 100, "relu_network": 100},
     test_size=1280,
     slow_prompts=200,
     net_steps=1000,
@@ -181,7 +187,7 @@ FULL = Budget(
 
 
 def _task_fields(family: str, b: Budget) -> dict[str, Any]:
-    extra: dict[str, Any] = {"family": family, "d": b.d, "n": b.n}
+    extra: dict[str, Any] = {"family": family, "d": b.d, "n": b.n_for(family)}
     if family == "sparse_linear":
         extra["sparsity"] = b.sparsity
     elif family == "decision_tree":
@@ -202,7 +208,7 @@ def _run(family: str, b: Budget, device: str) -> Run:
             "model.layers": b.layers,
             "model.heads": b.heads,
             "model.width": b.width,
-            "model.positions": 2 * (b.n + 1),
+            "model.positions": 2 * (b.n_for(family) + 1),
             "train.steps": steps,
             "train.batch_size": b.batch_size,
             "train.lr": b.lr,
@@ -216,7 +222,7 @@ def _run(family: str, b: Budget, device: str) -> Run:
                 }
             ),
             "train.curriculum": {
-                "n": {"start": min(b.start_n, b.n), "inc": 2, "interval": b.interval},
+                "n": {"start": min(b.start_n, b.n_for(family)), "inc": 2, "interval": b.interval},
                 "active_dims": {"start": min(b.start_dims, b.d), "inc": 1, "interval": b.interval},
             },
             "train.eval_every": max(steps // 20, 1),
@@ -300,7 +306,7 @@ class Garg2022(Experiment[Budget]):
         baselines[KNN] = lambda: prefix_knn(x, y, k=3)
         if family == "sparse_linear":
             baselines[LASSO] = lambda: _best_lasso(x, y)
-        slow = b.slow_at()
+        slow = b.slow_at(task.config.n)
         xs, ys = x[:, : b.slow_prompts], y[:, : b.slow_prompts]
         if family == "decision_tree":
             baselines[TREE] = lambda: _pad(
@@ -352,7 +358,8 @@ class Garg2022(Experiment[Budget]):
             "## Error vs number of in-context examples\n\n"
             "Squared error divided by the zero predictor's, mean over test prompts and seeds with "
             "95% bootstrap bands (dotted: k = d). The per-prompt learners are fitted on the first "
-            f"{b.slow_prompts} prompts of each seed at k ∈ {b.slow_at()}.\n\n"
+            f"{b.slow_prompts} prompts of each seed at k ∈ {b.slow_at(b.n)} (n = {b.n}), scaled to "
+            "each class's n.\n\n"
             "![](figures/error_vs_examples.png)"
         )
         if shift_panels:
