@@ -196,6 +196,36 @@ QUICK = Budget(
 # losses 3.2e-5, 2.2e-6, 1.1e-5, 0.048, 2.4e-5 against the best point's ≈ 1e-6 on the same
 # prompts) and n = 10, 14 (seeds up to 13 and 1.7e4 against 0.03 and 0.0057): the
 # heavy-tail over-fitting described above.
+#
+# Diagnosis of those fails (2026-12-01, on the 2435 s run's folders; not yet fixed):
+# - n = 14: the Levenberg–Marquardt fit over-fits its fixed batch. Its loss on the 40000
+#   polishing prompts falls to 0.0032–0.0038 (below the class optimum 0.0057) while the test
+#   loss, 0.007–0.013 on every seed at iteration 7, climbs to 0.019–1.7e4 by iteration 30. The five
+#   fitted models all carry scalars ≈ 20% above the best point, a ≈ (0.37–0.39, 2.46–2.62,
+#   11.9–12.4), b ≈ (0.95, 0.65) against (0.318, 2.06, 10.3), (0.907, 0.682); those scalars'
+#   own class loss (1M Wishart draws) is 6–150, not 0.0057. On 200000 fresh prompts the fitted
+#   models beat the best point on the median prompt (paired −9e-5) and lose everything on rare
+#   ones (worst prompt 2e4–1e9 against 7–1300): larger steps that are unstable for the large
+#   eigenvalues of XᵀX/n the batch barely samples. The class's own minimizer has the same
+#   bias: minimized on 40000 exact Wishart draws it has population loss 1.04–250× the optimum
+#   (seven draws; population: 2M draws), on 400000 draws 1.2–1.9× (three). So no fit to one batch of this size can reach the
+#   optimum; tried and measured: LM on 400000 prompts (fit loss 0.0042–0.0049 on four seeds,
+#   again below the optimum, test rising on 2 of 5 seeds by iteration 10, ~70 s an iteration
+#   on one thread); 10 LM iterations then Gauss–Newton averaging on fresh 40000-prompt
+#   batches (batch losses up to 3e4; four seeds' test losses rose to 0.02–1.3e3 within 8
+#   steps); Shampoo without clipping (diverges to 1e9–1e13 by step 300).
+# - n = 10: besides the same over-fit, the seeds sit in another family of the class (a₁ ≈ 0.32,
+#   b₁ ≈ 0.95; the best point has a₁ = 0.59, b₁ = 0.35) and not within 5% of any critical point
+#   (21–112%); the nearest local minimum there has loss 0.034 (+12%). The exact minimizer on
+#   400000 Wishart draws is within 1% of the optimum here (three draws): the bias is the
+#   fit's, on raw prompts and full matrices, not the class's.
+# - L = 4: an optimization failure, not the class's bias (minimized on 40000 Wishart draws the
+#   class loses only 3–10%). Three of five seeds end far from the class (whitened distance to
+#   identity 0.45, 0.45, 0.75), one at another critical point (a₁ ≈ 0.75, b₁ ≈ 0.34); LM stalls
+#   on three seeds (fit loss 6e-5–3e-4 after 40 iterations). LM starts outside the class: this
+#   recipe's 1000 Shampoo steps (re-run alone, identical test losses) end at whitened distance
+#   to identity 0.73–0.93 with a₄ ≈ 4–5 (best 26.4), test loss 1.3–2.6e-3, after test-loss
+#   spikes to 1e5 (steps 100–300); at lr 0.02 the same (distance 0.85–0.97, spikes to 2e6).
 FULL = Budget(
     seeds=5,
     one_layer=Recipe(steps=1500, batch_size=10000, lr=0.01, warmup_steps=50),
