@@ -158,7 +158,7 @@ def test_papers_are_found_by_module_name_without_importing_them():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
-    assert sorted(EXPERIMENTS) == ["ahn2023", "cheng2024", "ding2025", "zheng2024"]
+    assert sorted(EXPERIMENTS) == ["ahn2023", "cheng2024", "ding2025", "garg2022", "zheng2024"]
     assert all(
         desc and module == f"iclab.experiments.{name}"
         for name, (desc, module) in EXPERIMENTS.items()
