@@ -147,10 +147,12 @@ class Budget:
 
 
 #: d = 3 and the small model (3 layers, width 64): with the curriculum and a cosine decay the
-#: linear error falls under 0.03 of the zero predictor's within 5000 steps (measured). Sparse
+#: linear error falls under 0.04 of the zero predictor's within 5000 steps (measured; the
+#: whole quick report takes 370 s on 2 cores from a fresh clone, 8f8b17a). Sparse
 #: linear functions are left to the full budget: at d = 3 "below least squares for k < d" has
-#: only k = 1, 2, and 4000 steps left the model on a plateau (error 0.4 from k = 3 on, against
-#: the Lasso's 0). Trees: 400 prompts for the per-prompt learners, as boosting's per-prompt
+#: only k = 1, 2, and the model stays on a plateau (error ≈ 0.4 from k = 3 on, against the
+#: Lasso's 0) after 4000 steps with 1 non-zero weight, and after 6000 steps with 1 or 2 (mean
+#: error over k = 1…9: 0.50 and 0.48). Trees: 400 prompts for the per-prompt learners, as boosting's per-prompt
 #: errors are heavy-tailed (100 prompts left a 0.24 gap at 1.9 SE).
 QUICK = Budget(
     d=3,
