@@ -208,3 +208,27 @@ def test_full_budget_uses_the_paper_sizes():
         assert c.task.d == 20 and c.model.layers == 12 and c.model.width == 256
         assert c.model.positions == 2 * (c.task.n + 1) and c.train.steps == 500_000
     assert runs["sparse_linear"].task.sparsity == 3
+
+
+@pytest.mark.parametrize(
+    ("learner", "verdicts"),
+    [("lasso", ("pass", "pass")), ("ls", ("fail", "fail")), ("zero", ("fail", "fail"))],
+)
+def test_sparse_rows_pass_for_a_learner_that_uses_sparsity(learner, verdicts):
+    """On real sparse prompts (d = 12, one non-zero weight): a learner that predicts as the Lasso
+    does passes both rows; least squares (no use of sparsity) and the zero predictor fail both."""
+    from iclab.algorithms.prefix_baselines import prefix_least_squares
+    from iclab.experiments.garg2022 import LASSO, LS, _best_lasso, _sequences, _sparse_rows
+
+    cfg = FunctionClassConfig.model_validate(
+        {"family": "sparse_linear", "d": 12, "n": 14, "sparsity": 1}
+    )
+    x, y = _sequences(FunctionClassTask(cfg, [0]), 300)
+    ls, lasso = prefix_least_squares(x, y), _best_lasso(x, y)
+    curves = PrefixCurves(_null_error(cfg))
+    model = {"lasso": lasso, "ls": ls, "zero": torch.zeros_like(y)}[learner]
+    for name, pred in ((TRANSFORMER, model), (LS, ls), (LASSO, lasso)):
+        curves.add(name, pred, y)
+    rows = _sparse_rows(curves, cfg, replace(TINY, d=12, n=14))
+    assert tuple(r.verdict for r in rows) == verdicts, [r.threshold for r in rows]
+    assert "k ∈ [" in rows[0].threshold  # tested on a range of k < d, not nowhere

@@ -18,9 +18,11 @@ prompts, and a gap is decided at 3 standard errors over prompts and seeds):
   (noise-free labels), and the transformer's error, averaged over k ≥ d + 2 (it reaches its
   floor over the first examples after d, as in the paper's curves), is within 3 SE +
   ``TRACK_TOL`` of it; and it beats 3-NN and averaging at every k ≥ 1.
-- **sparse linear** (k non-zero weights): it beats least squares at every k < d (where least
-  squares cannot use the sparsity), and is within ``LASSO_TOL`` of the Lasso (α tuned on the
-  evaluation prompts per k, an oracle the transformer does not have) averaged over k.
+- **sparse linear** (k non-zero weights): it beats least squares at every k < d where the Lasso
+  does (by 3 SE: where a learner can gain from the sparsity at all), and is within 3 SE +
+  ``LASSO_TOL`` of the Lasso (α tuned on the evaluation prompts per k, an oracle the transformer
+  does not have) averaged over k < d, a band narrower than half of least squares' excess over
+  the Lasso (so least squares itself fails it).
 - **decision trees**: it beats greedy tree learning and gradient boosting at every evaluated k
   from ``tree_from`` on.
 - **two-layer ReLU networks**: it is within ``NET_TOL`` of a two-layer network of the generating
@@ -69,7 +71,9 @@ DESCRIPTION = (
 TITLE = "Garg et al. (2022): what can transformers learn in context? Simple function classes"
 EVAL_PURPOSE = "garg2022_eval"
 TRACK_TOL = 0.1  # optimization tolerance of "tracks least squares": 10% of the zero predictor's
-LASSO_TOL = 0.1  # … of "close to Lasso"
+LASSO_TOL = 0.05  # … of "close to Lasso": least squares' excess over the Lasso, averaged over
+# k < d, is only ≈ 0.22 at d = 20 with 3 non-zero weights (measured), and the band must stay under
+# half of it
 NET_TOL = 0.1  # … of "matches the two-layer network"
 Z_SCORE = 3.0
 _CHUNK = 500  # prompts per forward pass in evaluation
@@ -152,8 +156,12 @@ class Budget:
 #: linear functions are left to the full budget: at d = 3 "below least squares for k < d" has
 #: only k = 1, 2, and the model stays on a plateau (error ≈ 0.4 from k = 3 on, against the
 #: Lasso's 0) after 4000 steps with 1 non-zero weight, and after 6000 steps with 1 or 2 (mean
-#: error over k = 1…9: 0.50 and 0.48). Trees: 400 prompts for the per-prompt learners, as boosting's per-prompt
-#: errors are heavy-tailed (100 prompts left a 0.24 gap at 1.9 SE).
+#: error over k = 1…9: 0.50 and 0.48). Measured 2026-12-01: started from the trained quick
+#: linear model, 3000 sparse steps (1 non-zero weight) keep least squares' curve (0.687, 0.453
+#: at k = 1, 2 against 0.679, 0.410; the Lasso 0.780, 0.337); at d = 6, n = 10 from scratch
+#: 5000 steps learn nothing (error 0.98–1.21 at every k). Trees: 400 prompts for the
+#: per-prompt learners, as boosting's per-prompt errors are heavy-tailed (100 prompts left a
+#: 0.24 gap at 1.9 SE).
 QUICK = Budget(
     d=3,
     n=9,
@@ -462,21 +470,27 @@ def _within(
     paper: str,
     note: str = "",
     evidence: str | None = None,
+    rival: str | None = None,
 ) -> ReportRow:
-    """The transformer's error averaged over ``ks`` is at most ``other``'s + Z·SE + ``tol``."""
+    """The transformer's error averaged over ``ks`` is at most ``other``'s + Z·SE + ``tol``.
+
+    Power: the band must be narrower than half of the excess error, over ``other``, of the zero
+    predictor (error 1), or of ``rival`` when given (a learner the claim sets apart from
+    ``other``, e.g. least squares from the Lasso): a model at the band's edge is still closer
+    to ``other`` than to it."""
     ks = [k for k in ks if k in curves.positions(TRANSFORMER, other)]
     gap = curves.paired_gap(TRANSFORMER, other, ks)
     bound = Z_SCORE * gap.se + tol
     values = curves.per_seed(TRANSFORMER, ks).tolist()
     reference = float(curves.per_seed(other, ks).mean())
-    # power: the zero predictor (error 1) must lie outside the band, by a margin of the band
-    power = 1.0 - reference
+    level = 1.0 if rival is None else float(curves.per_seed(rival, ks).mean())
+    power = level - reference
     ok = gap.mean <= bound and 2 * bound < power
     threshold = (
         f"mean over {_span(ks)} of error(transformer) − error({other}) ≤ {Z_SCORE:g}·SE({gap.se:.2g}) "
         f"+ {tol:g} (optimization tolerance, in units of the zero predictor's error) = "
-        f"{bound:.3g}; measured {gap.mean:.3g}. Power: the band must be under half the zero "
-        f"predictor's excess over {other} ({power:.3g})"
+        f"{bound:.3g}; measured {gap.mean:.3g}. Power: the band must be under half the "
+        f"{'zero predictor' if rival is None else rival}'s excess over {other} ({power:.3g})"
     )
     return claim(
         quantity,
@@ -514,23 +528,47 @@ def _linear_rows(curves: PrefixCurves, task: FunctionClassConfig, b: Budget) -> 
 
 
 def _sparse_rows(curves: PrefixCurves, task: FunctionClassConfig, b: Budget) -> list[ReportRow]:
-    d, n, s = task.d, task.n, task.sparsity
-    return [
-        _beats(
-            f"sparse linear (d={d}, {s} non-zero): transformer below least squares for k < d",
+    d, s = task.d, task.sparsity
+    # "below least squares for k < d" is a claim about using sparsity: it is tested where a
+    # learner that uses it (the Lasso) is itself below least squares. At k = 1 no learner gains
+    # much (d = 3, one non-zero weight: least squares 0.68, the Bayes posterior mean 0.49,
+    # the best-α Lasso 0.78), and the row must not demand a gap nothing can show.
+    ks = [k for k in range(1, d) if k in curves.positions(LASSO, LS)]
+    gains = {k: curves.paired_gap(LS, LASSO, [k]) for k in ks}
+    where = [k for k, g in gains.items() if g.mean - Z_SCORE * g.se > 0]
+    name = f"sparse linear (d={d}, {s} non-zero): transformer below least squares for k < d"
+    paper = "beats least squares, which cannot use sparsity, below d examples (d = 20, k = 3)"
+    if where:
+        below = _beats(
+            name,
             curves,
             (LS,),
-            list(range(1, d)),
-            paper="beats least squares, which cannot use sparsity, below d examples (d = 20, k = 3)",
-        ),
+            where,
+            paper=paper,
+            note=f"tested at the k < d where the Lasso is below least squares by {Z_SCORE:g}·SE",
+        )
+    else:
+        below = claim(
+            name,
+            curves.per_seed(TRANSFORMER, ks).tolist(),
+            False,
+            f"no k < d where the Lasso is below least squares by {Z_SCORE:g}·SE: at this d and "
+            "sparsity the claim cannot be tested",
+            paper=paper,
+        )
+    return [
+        below,
         _within(
-            f"sparse linear (d={d}, {s} non-zero): transformer within tolerance of the Lasso",
+            f"sparse linear (d={d}, {s} non-zero): transformer within tolerance of the Lasso for k < d",
             curves,
             LASSO,
-            list(range(1, n + 1)),
+            list(range(1, d)),
             LASSO_TOL,
+            rival=LS,
             paper="nearly matches the Lasso",
-            note=f"α tuned per k on these prompts over {len(DEFAULT_ALPHAS)} values (an oracle)",
+            note=f"α tuned per k on these prompts over {len(DEFAULT_ALPHAS)} values (an oracle); "
+            "averaged over k < d, where sparsity matters: from k = d on least squares is exact "
+            "too, and an average over every k lets least squares itself pass",
         ),
     ]
 
