@@ -155,7 +155,7 @@ QUICK = Budget(
     resample_every=4,
 )
 FULL = Budget(
-    seeds=3,
+    seeds=5,
     layers=(1, 3, 5, 7),
     steps=(300, 600, 900, 1200),
     linear_steps=(800, 1600, 2400, 3200),
