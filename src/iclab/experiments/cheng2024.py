@@ -5,8 +5,8 @@ n = 8), labels ``y ~ N(0, K)`` over the n+1 points for a data kernel ``k ∈ {li
 (presets ``cheng2024_{k}_kernel``). The models are L-layer non-linear attention networks with
 value x-block 0 and one head of activation ``h ∈ {linear, relu, exp, softmax}``, plus the
 two-head exp + linear model (on the linear data, where the paper gives numbers; in the full
-budget also on the exp data). Every (data kernel, model, L) is one
-run of 3 seeds in one tensor program, folder ``OUT/runs/{k}_{model}_L{L}``.
+budget also on the exp data). Every (data kernel, model, L) is one run of the budget's seeds
+(3 quick, 5 full) in one tensor program, folder ``OUT/runs/{k}_{model}_L{L}``.
 
 **Theory.** With value x-block 0 a layer moves only the label slots: it is one step of
 functional gradient descent, with step ``−v_ℓ``, in the RKHS of its learned kernel
@@ -157,7 +157,7 @@ QUICK = Budget(
 FULL = Budget(
     seeds=5,
     layers=(1, 3, 5, 7),
-    steps=(300, 600, 900, 1200),
+    steps=(300, 600, 900, 2400),
     linear_steps=(800, 1600, 2400, 3200),
     softmax_steps=(300, 600, 1500, 2000),
     batch_size=1000,
