@@ -90,8 +90,9 @@ class Budget:
     linear heads is the slowest to converge (its loss is a product of L step factors) and the
     cheapest per step (no score tensors); its loss is also the noisiest in the batch, so it
     trains on ``linear_batch_size`` prompts at ``linear_lr``. ``softmax_steps[i]``: softmax
-    heads descend slowest per step of the non-linear heads. ``two_head_kernels``: the data
-    kernels the two-head model runs on.
+    heads descend slowest per step of the non-linear heads. ``relu_steps[i]`` (None: ``steps``)
+    that of a one-head relu model, whose deep stacks spread most between seeds. ``two_head_kernels``:
+    the data kernels the two-head model runs on.
     """
 
     seeds: int
@@ -112,9 +113,12 @@ class Budget:
     resample_every: int = 1
     init_std: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
+    relu_steps: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("steps", "linear_steps", "softmax_steps"):
+        for name in ("steps", "linear_steps", "softmax_steps", "relu_steps"):
+            if name == "relu_steps" and self.relu_steps is None:
+                continue
             if len(getattr(self, name)) != len(self.layers):
                 raise ValueError(
                     f"{name}: expected one per depth {self.layers}, got {getattr(self, name)}"
@@ -122,7 +126,11 @@ class Budget:
 
     def steps_for(self, model: str, layers: int) -> int:
         i = self.layers.index(layers)
-        by_model = {"linear": self.linear_steps, "softmax": self.softmax_steps}
+        by_model = {
+            "linear": self.linear_steps,
+            "softmax": self.softmax_steps,
+            "relu": self.relu_steps or self.steps,
+        }
         return by_model.get(model, self.steps)[i]
 
     def batch_and_lr(self, model: str) -> tuple[int, float]:
@@ -157,7 +165,8 @@ QUICK = Budget(
 FULL = Budget(
     seeds=5,
     layers=(1, 3, 5, 7),
-    steps=(300, 600, 900, 2400),
+    steps=(300, 600, 900, 1200),
+    relu_steps=(300, 600, 900, 2400),
     linear_steps=(800, 1600, 2400, 3200),
     softmax_steps=(300, 600, 1500, 2000),
     batch_size=1000,
@@ -560,7 +569,9 @@ class Cheng2024(Experiment[Budget]):
             "## Alignment with functional GD\n\n![](figures/alignment.png)",
             f"Recipe: Adam lr {b.lr} (warm-up, cosine decay), batch {b.batch_size}, steps by depth "
             f"{dict(zip(depths, b.steps))}, one-head linear models "
-            f"{dict(zip(depths, b.linear_steps))}; {b.seeds} seeds per run.",
+            f"{dict(zip(depths, b.linear_steps))}, one-head softmax models "
+            f"{dict(zip(depths, b.softmax_steps))}, one-head relu models "
+            f"{dict(zip(depths, b.relu_steps or b.steps))}; {b.seeds} seeds per run.",
         ]
         return rows
 
