@@ -145,6 +145,12 @@ class Budget:
 # step at 2000 prompts. QUICK measured (2026-11-30, commit 29fc933): 577 s in all (539 s
 # training: linear heads 223 s, softmax 197, relu 52, exp 44, two-head 23). FULL estimated
 # from those by family (steps × batch ratios, two-head on two kernels): ≈ 32 min training, ≈ 35 in all.
+# FULL measured 2026-12-01 (2 cores, nothing else running): 3 seeds 1074 s in all (997 s
+# training; 57 pass, 2 fail at L = 7 for lack of power: seeds spread); 5 seeds 1741 s (1632 s
+# training; 57 pass, 1 refuted, 1 fail: relu-data relu attention at L = 7, whose seeds spread
+# from 0.324 to 0.415 and met exp's 0.407). One-head relu models at L = 7 then train 2400
+# steps (seeds 0.327–0.375; the report: 58 pass, 1 refuted, 1717 s of training). Not the exp
+# heads: at 2400 steps one relu-data exp seed blew up to a test loss of 1.3e21.
 QUICK = Budget(
     seeds=3,
     layers=(1, 3, 5, 7),
