@@ -162,3 +162,20 @@ def test_each_model_family_gets_its_own_recipe():
     assert (lin.train.batch_size, lin.train.lr, lin.train.steps) == (48, 0.05, 6)
     assert (soft.train.batch_size, soft.train.lr, soft.train.steps) == (32, 0.1, 5)
     assert (relu.train.batch_size, relu.train.lr, relu.train.steps) == (32, 0.1, 4)
+
+
+def test_relu_heads_can_get_their_own_steps():
+    """``relu_steps`` gives one-head relu models their own steps per depth (the full budget: 2400
+    at L = 7, where exp and two-head models keep 1200); a list of the wrong length is refused."""
+    from dataclasses import replace
+
+    from iclab.experiments.cheng2024 import FULL
+
+    steps = {r.name: r.config.train.steps for r in EXPERIMENT.runs(FULL, device="cpu")}
+    assert steps["relu_relu_L7"] == steps["exp_relu_L7"] == 2400
+    assert steps["relu_exp_L7"] == steps["exp_exp_linear_L7"] == 1200
+    assert steps["relu_relu_L5"] == 900
+    tiny = {r.name: r.config.train.steps for r in EXPERIMENT.runs(TINY, device="cpu")}
+    assert tiny["linear_relu_L2"] == tiny["linear_exp_L2"]  # None: the shared steps
+    with pytest.raises(ValueError, match="relu_steps"):
+        replace(TINY, relu_steps=(1,))
