@@ -117,12 +117,9 @@ class Budget:
 
     def __post_init__(self) -> None:
         for name in ("steps", "linear_steps", "softmax_steps", "relu_steps"):
-            if name == "relu_steps" and self.relu_steps is None:
-                continue
-            if len(getattr(self, name)) != len(self.layers):
-                raise ValueError(
-                    f"{name}: expected one per depth {self.layers}, got {getattr(self, name)}"
-                )
+            value = getattr(self, name)  # relu_steps may be None: the shared steps
+            if value is not None and len(value) != len(self.layers):
+                raise ValueError(f"{name}: expected one per depth {self.layers}, got {value}")
 
     def steps_for(self, model: str, layers: int) -> int:
         i = self.layers.index(layers)
