@@ -20,6 +20,7 @@ from iclab.theory.linear_regression.multilayer import (
     pgd_class_matrices,
     pgd_class_sample_losses,
     wishart_eigenvalues,
+    wishart_sample,
 )
 from iclab.theory.linear_regression.one_layer import (
     one_layer_population_loss,
@@ -46,4 +47,5 @@ __all__ = [
     "preconditioner_optimum",
     "project_to_class",
     "wishart_eigenvalues",
+    "wishart_sample",
 ]

@@ -39,7 +39,8 @@ from iclab.theory.linear_regression.multilayer import (
     _Objective,
     _phi,
     _value_grad_hess,
-    wishart_eigenvalues,
+    eigen_sample,
+    pooled,
 )
 
 __all__ = [
@@ -84,11 +85,14 @@ class CriticalPoint:
 
 
 def _full_value_grad(
-    theta: torch.Tensor, lam: torch.Tensor, L: int, n: int, var: float
+    theta: torch.Tensor, lam: torch.Tensor, L: int, n: int, var: float, w: torch.Tensor | None
 ) -> tuple[float, float, torch.Tensor]:
-    """Loss, its Monte-Carlo SE and gradient on the full sample (θ: (2L−1,))."""
+    """Loss, its Monte-Carlo SE and gradient on the full sample (θ: (2L−1,); ``w``: the draws'
+    importance weights, None for a plain sample)."""
     t = theta.detach().clone().requires_grad_(True)
     v = _phi(t[:L], t[L:], lam, n, var).sum(-1)
+    if w is not None:
+        v = w * v
     val = v.mean()
     (g,) = torch.autograd.grad(val, t)
     se = float(v.detach().std()) / math.sqrt(v.shape[0])
@@ -107,10 +111,12 @@ def _gradient_residuals(obj: _Objective):
     return residuals
 
 
-def _starts(L: int, flat: torch.Tensor, count: int, seed: int) -> list[torch.Tensor]:
+def _starts(
+    L: int, flat: torch.Tensor, count: int, seed: int, mass: torch.Tensor | None = None
+) -> list[torch.Tensor]:
     """The deterministic starts of :func:`best_pgd_scalars` plus log-uniform random ones
     (``a_ℓ`` over [0.05, 30], ``c_ℓ = κ a_ℓ`` with ``κ`` over [0.05, 2])."""
-    base = _initial_points(L, False, flat, 8, seed)
+    base = _initial_points(L, False, flat, 8, seed, mass)
     gen = make_generator("cpu", seed, "pgd_critical_points", L)
     out = list(base)
     while len(out) < count:
@@ -126,12 +132,16 @@ class _Landscape:
     """The PGD-class loss on one eigenvalue sample: a compression for the search and the full
     sample for every reported number."""
 
-    def __init__(self, lam: torch.Tensor, L: int, n: int, var: float) -> None:
+    def __init__(
+        self, sample: tuple[torch.Tensor, torch.Tensor | None], L: int, n: int, var: float
+    ) -> None:
+        lam, self.w = sample
         self.lam, self.L, self.n, self.var = lam, L, n, var
         d = lam.shape[1]
-        flat = lam.reshape(-1).sort().values
-        self.flat = flat
-        nodes, weights = _gauss2_compress(flat, bin_size=1024, tail=min(300, flat.shape[0] // 200))
+        self.flat, self.mass = pooled(lam, self.w)
+        nodes, weights = _gauss2_compress(
+            self.flat, bin_size=1024, tail=min(300, self.flat.shape[0] // 200), mass=self.mass
+        )
         self.obj = _Objective(nodes, weights * d, L, False, n, var)
 
     def search(self, theta0: torch.Tensor, descent: bool) -> torch.Tensor | None:
@@ -154,7 +164,7 @@ class _Landscape:
         matches the full one to the compression's accuracy); the point if the full-sample
         gradient vanishes there."""
         L = self.L
-        val, se, g = _full_value_grad(theta, self.lam, L, self.n, self.var)
+        val, se, g = _full_value_grad(theta, self.lam, L, self.n, self.var, self.w)
         _, _, H = _value_grad_hess(self.obj, theta)
         for _ in range(8):
             if float(g.norm()) <= 1e-14 * (1.0 + val):
@@ -163,7 +173,7 @@ class _Landscape:
                 cand = theta - torch.linalg.solve(H, g)
             except RuntimeError:
                 break
-            cval, cse, cg = _full_value_grad(cand, self.lam, L, self.n, self.var)
+            cval, cse, cg = _full_value_grad(cand, self.lam, L, self.n, self.var, self.w)
             if not (math.isfinite(cval) and float(cg.norm()) < float(g.norm())):
                 break
             theta, val, se, g = cand, cval, cse, cg
@@ -181,17 +191,6 @@ class _Landscape:
         )  # fmt: skip
 
 
-def _eigen(
-    d: int, n: int, num_samples: int, seed: int, eigenvalues: torch.Tensor | None
-) -> torch.Tensor:
-    if eigenvalues is None:
-        eigenvalues = wishart_eigenvalues(d, n, num_samples, seed)
-    lam = torch.as_tensor(eigenvalues, dtype=torch.float64)
-    if lam.dim() != 2 or lam.shape[1] != d:
-        raise ValueError(f"eigenvalues: expected shape (num_samples, {d}), got {tuple(lam.shape)}")
-    return lam
-
-
 def pgd_critical_points(
     layers: int,
     d: int,
@@ -202,24 +201,25 @@ def pgd_critical_points(
     starts: int = 48,
     eigenvalues: torch.Tensor | None = None,
     grad_tol: float = 1e-9,
+    weights: torch.Tensor | None = None,
 ) -> list[CriticalPoint]:
     """Stationary points of the PGD-class population loss, sorted by loss (best first).
 
     Search on a moment-matched compression of the eigenvalue sample (see the module docstring)
     from ``starts`` deterministic starting points, each by descent and by Newton on the
-    gradient; distinct candidates are polished on the full sample (``num_samples`` Wishart draws
-    with ``seed``, or ``eigenvalues``) and kept when the full-sample gradient norm is at most
+    gradient; distinct candidates are polished on the full sample (``num_samples``
+    importance-sampled Wishart draws with ``seed``, or ``eigenvalues`` with their ``weights``,
+    see :func:`~iclab.theory.linear_regression.multilayer.wishart_sample`) and kept when the full-sample gradient norm is at most
     ``grad_tol·(1 + loss)`` and every ``a_ℓ`` is non-zero; points closer than 1e-4 (relative)
     are merged. Requires ``layers ≥ 2`` (one layer has a single, global minimum). Not a
     certified complete list: a critical point with a tiny basin can be missed.
     """
     if layers < 2:
         raise ValueError(f"layers: must be >= 2, got {layers}")
-    land = _Landscape(
-        _eigen(d, n, num_samples, seed, eigenvalues), layers, n, float(noise_std) ** 2
-    )
+    sample = eigen_sample(d, n, num_samples, seed, eigenvalues, weights)
+    land = _Landscape(sample, layers, n, float(noise_std) ** 2)
     candidates: list[torch.Tensor] = []
-    for theta0 in _starts(layers, land.flat, starts, seed):
+    for theta0 in _starts(layers, land.flat, starts, seed, land.mass):
         for descent in (True, False):
             theta = land.search(theta0, descent)
             if theta is not None and not any(_close(theta, c, 1e-6) for c in candidates):
@@ -243,6 +243,7 @@ def critical_point_near(
     seed: int = 0,
     eigenvalues: torch.Tensor | None = None,
     grad_tol: float = 1e-9,
+    weights: torch.Tensor | None = None,
 ) -> CriticalPoint | None:
     """The critical point a trained model with scalars ``(a, b)`` (each (L,), e.g. read off it by
     :func:`project_to_class`) sits at or next to.
@@ -260,7 +261,8 @@ def critical_point_near(
         raise ValueError(f"a, b: expected equal shapes (L,) with L >= 2, got {a.shape}, {b.shape}")
     if not bool(torch.isfinite(a).all() and torch.isfinite(b).all()):
         return None
-    land = _Landscape(_eigen(d, n, num_samples, seed, eigenvalues), L, n, float(noise_std) ** 2)
+    sample = eigen_sample(d, n, num_samples, seed, eigenvalues, weights)
+    land = _Landscape(sample, L, n, float(noise_std) ** 2)
     start = torch.cat([a, (a * b)[:-1]]).to(land.lam.device)  # the search runs on λ's device
     best: CriticalPoint | None = None
     for descent in (True, False):
