@@ -32,6 +32,18 @@ def test_overrides_are_parsed_as_yaml():
         ({"train": {"polish": {"steps": -1}}}, "train.polish.steps"),
         ({"train": {"polish": {"damping": float("inf")}}}, "train.polish.damping"),
         (
+            {"train": {"polish": {"steps": 3, "tail_scales": [0.5, 1.0]}}},
+            "train.polish.tail_scales",
+        ),
+        ({"train": {"polish": {"steps": 3, "tail_scales": [2.0]}}}, "train.polish.tail_scales"),
+        (
+            {
+                "task": {"kind": "function_class"},
+                "train": {"polish": {"steps": 3, "tail_scales": [1.0]}},
+            },
+            "train.polish.tail_scales",
+        ),
+        (
             {
                 "model": {"kind": "kernel_attention"},
                 "task": {"kind": "gaussian_process"},

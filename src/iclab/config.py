@@ -8,6 +8,7 @@ values (pydantic's messages, reformatted by :func:`format_validation_error`).
 from __future__ import annotations
 
 import importlib.resources
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -91,6 +92,9 @@ class ScheduleConfig(BaseModel):
     min_factor: float = Field(0.0, ge=0.0, le=1.0, description="'cosine': final lr / initial lr")
 
 
+MAX_TAIL_SCALES = 8
+
+
 class PolishConfig(BaseModel):
     """Levenberg–Marquardt iterations after the first-order steps (small models only)."""
 
@@ -121,6 +125,31 @@ class PolishConfig(BaseModel):
         description="initial damping λ, relative to the mean diagonal of the Gauss–Newton "
         "matrix (divided by 3 after an accepted step, multiplied by 10 after a rejected one)",
     )
+    tail_scales: list[float] | None = Field(
+        None,
+        description="scales s_k of the defensive importance-sampling mixture for the polishing "
+        "batches: each prompt's context covariates are drawn as s_k·x with k uniform over the "
+        "list, and its squared error is weighted by p(x)/q(x), so the batch holds far more "
+        "prompts with a large sample covariance and its weighted loss stays unbiased; finite "
+        f"values >= 1, 1.0 among them, at most {MAX_TAIL_SCALES}; null: plain batches "
+        "(task.kind linear_regression only)",
+    )
+
+    @field_validator("tail_scales")
+    @classmethod
+    def _check_tail_scales(cls, v: list[float] | None) -> list[float] | None:
+        if v is None:
+            return v
+        allowed = f"allowed: 1 to {MAX_TAIL_SCALES} finite scales >= 1, 1.0 among them, or null"
+        if not all(math.isfinite(s) and s >= 1.0 for s in v):
+            raise ValueError(f"every scale must be finite and >= 1 ({allowed})")
+        if 1.0 not in v:
+            raise ValueError(
+                f"must contain 1.0, the defensive component that bounds every weight ({allowed})"
+            )
+        if len(v) > MAX_TAIL_SCALES:
+            raise ValueError(f"{len(v)} scales are too many ({allowed})")
+        return v
 
 
 class RampConfig(BaseModel):
@@ -272,6 +301,8 @@ class RunConfig(BaseModel):
                 f"which model.kind {self.model.kind!r} does not provide (models that do: "  # type: ignore[attr-defined]
                 f"{jacobian}; set train.polish.{field}=0)"
             )
+        if polish.tail_scales is not None:
+            _check_tail_scales(polish, self.task)
         return self
 
     @property
@@ -322,6 +353,22 @@ def _check_curriculum(curriculum: CurriculumConfig, task: BaseModel) -> None:
             raise ValueError(
                 f"train.curriculum.{key}.start: {ramp.start} exceeds the task's {key} = {ends[key]}"
             )
+
+
+def _check_tail_scales(polish: PolishConfig, task: BaseModel) -> None:
+    """Importance-sampled polishing batches need polishing and a task that can tilt its draws."""
+    able = sorted(t.name for t in registry.TASKS.values() if hasattr(t.builder, "sample_tilted"))
+    if not hasattr(registry.task_kind(task.kind).builder, "sample_tilted"):  # type: ignore[attr-defined]
+        raise ValueError(
+            f"train.polish.tail_scales: task.kind {task.kind!r} cannot draw importance-sampled "  # type: ignore[attr-defined]
+            f"polishing batches (task kinds that can: {able}; set train.polish.tail_scales=null)"
+        )
+    if polish.steps + polish.averaging_steps == 0:
+        raise ValueError(
+            "train.polish.tail_scales: weights the polishing batches, but there is no polishing "
+            "(train.polish.steps = averaging_steps = 0); set one of them > 0 or "
+            "train.polish.tail_scales=null"
+        )
 
 
 def _excerpt(value: Any, limit: int = 60) -> str:

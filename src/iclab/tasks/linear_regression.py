@@ -151,6 +151,37 @@ class LinearRegressionTask(EnsembleTask):
 
     def sample(self, batch_size: int, purpose: str, index: int = 0) -> LinearRegressionBatch:
         """Draw ``batch_size`` prompts per member from the stream ``(seed, purpose, index)``."""
+        return self._draw(batch_size, purpose, index, None)[0]
+
+    def sample_tilted(
+        self, batch_size: int, purpose: str, index: int, scales: Sequence[float]
+    ) -> tuple[LinearRegressionBatch, torch.Tensor]:
+        """A defensive importance-sampling batch and its likelihood-ratio weights (E, B) float64.
+
+        Each prompt (per member) picks a component ``k`` uniformly from ``scales`` and draws its
+        context covariates as ``x_i = s_k Σ^{1/2} z_i``; the query, ``w`` and the noise are
+        drawn as by :meth:`sample`, from the same stream (so the unscaled draws *are*
+        ``sample(batch_size, purpose, index)``'s), and the labels come from the scaled ``x``.
+        The components come from the separate stream ``(seed, purpose, index, "tail_scale")``.
+        With ``u = s_k z`` the whitened context (n·d entries) the weight is
+
+            p(u)/q(u) = 1 / mean_j s_j^{-nd} exp(½‖u‖²(1 − 1/s_j²)),
+
+        q the equal mixture of N(0, s_j² I), so ``E_q[weight · f] = E_p[f]`` for every function
+        f of the prompt, and a scale 1.0 among ``scales`` bounds every weight by their number.
+        """
+        scales = [float(s) for s in scales]
+        if not scales or not all(math.isfinite(s) and s > 0 for s in scales):
+            raise ValueError(f"scales: expected finite values > 0, got {scales}")
+        batch, weights = self._draw(batch_size, purpose, index, scales)
+        assert weights is not None
+        return batch, weights
+
+    def _draw(
+        self, batch_size: int, purpose: str, index: int, scales: list[float] | None
+    ) -> tuple[LinearRegressionBatch, torch.Tensor | None]:
+        """The batch of the stream ``(seed, purpose, index)``, tilted by ``scales`` (with its
+        weights) unless None."""
         if batch_size < 1:
             raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
         n, d = self.config.n, self.config.d
@@ -168,11 +199,14 @@ class LinearRegressionTask(EnsembleTask):
         raw_x = torch.stack([p[0] for p in parts])  # (E, B, n+1, d)
         raw_w = torch.stack([p[1] for p in parts])  # (E, B, d)
         raw_e = torch.stack([p[2] for p in parts])  # (E, B, n+1)
+        weights = None
+        if scales is not None:
+            raw_x, weights = self._tilt(raw_x, batch_size, purpose, index, scales)
         # x = Σ^{1/2} z (row form: z Σ^{1/2}, Σ^{1/2} symmetric)
         xs = raw_x @ self._cov_sqrt.unsqueeze(1)
         w = raw_w @ self._wcov_sqrt
         ys = (xs @ w.unsqueeze(-1)).squeeze(-1) + self.config.noise_std * raw_e
-        return LinearRegressionBatch(
+        batch = LinearRegressionBatch(
             x=xs[:, :, :n],
             y=ys[:, :, :n],
             x_query=xs[:, :, n],
@@ -182,3 +216,32 @@ class LinearRegressionTask(EnsembleTask):
             weight_covariance=self.weight_covariance.to(self.device, self.dtype),
             noise_std=self.config.noise_std,
         )
+        return batch, weights
+
+    def _tilt(
+        self, raw_x: torch.Tensor, batch_size: int, purpose: str, index: int, scales: list[float]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``raw_x`` (E, B, n+1, d, a fresh tensor: scaled in place) with each prompt's context
+        rows times its drawn scale, and the weights p/q (E, B) float64 (see
+        :meth:`sample_tilted`)."""
+        n, d = self.config.n, self.config.d
+        comps = torch.stack(
+            [
+                torch.randint(
+                    len(scales),
+                    (batch_size,),
+                    generator=make_generator(self.device, s, purpose, index, "tail_scale"),
+                    device=self.device,
+                )
+                for s in self.seeds
+            ]
+        )  # (E, B)
+        table = torch.tensor(scales, dtype=torch.float64, device=self.device)
+        factor = table[comps].to(raw_x.dtype)  # (E, B): each prompt's s_k
+        raw_x[:, :, :n] *= factor[:, :, None, None]
+        # ‖u‖² of the whitened context actually used, in float64
+        norm2 = raw_x[:, :, :n].double().pow(2).sum((-1, -2))  # (E, B)
+        # log of s_j^{-nd} exp(½‖u‖²(1 − 1/s_j²)), (E, B, K)
+        terms = -n * d * table.log() + 0.5 * norm2[..., None] * (1.0 - table.pow(-2))
+        log_q_over_p = torch.logsumexp(terms, dim=-1) - math.log(len(scales))
+        return raw_x, torch.exp(-log_q_over_p)

@@ -19,6 +19,11 @@ heavy-tailed prompts). Each step uses its own batch's Gauss–Newton matrix: a b
 extreme prompt has a large gradient *and* a large curvature, so the step stays bounded (one
 fixed preconditioner for all batches diverged on such a batch in our runs).
 
+Importance-weighted batches (``weights`` w_b ≥ 0 per prompt, e.g. the likelihood ratios of a
+tilted sampler): every function takes an optional (E, B) float64 ``weights``, the loss becomes
+``mean_b w_b (ŷ_b − y_b)²`` and the system ``(JᵀWJ/B + λ·s·I) δ = JᵀWr/B``, W = diag(w);
+``weights=None`` is the unweighted computation above, bit for bit.
+
 Gauss–Newton steps are invariant to invertible linear reparametrizations of θ (up to the
 damping), so a rotated input covariance, which makes first-order methods crawl along
 directions of tiny curvature, costs them nothing. Members are independent: each has its own
@@ -36,18 +41,33 @@ MAX_TRIES = 8
 ROUNDING = 1e-6  # relative loss increase treated as no change (float32 predictions)
 
 
-def _loss(model: Any, state: Any, target: torch.Tensor) -> torch.Tensor:
-    return (model.predict_prepared(state) - target).double().pow(2).mean(-1)
+def _mean_square(r: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """mean_b r_b² or, with weights, mean_b w_b r_b² (E,), float64."""
+    return r.pow(2).mean(-1) if weights is None else (weights * r.pow(2)).mean(-1)
+
+
+def _loss(
+    model: Any, state: Any, target: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    return _mean_square((model.predict_prepared(state) - target).double(), weights)
 
 
 def _gauss_newton(
-    model: Any, state: Any, target: torch.Tensor
+    model: Any, state: Any, target: torch.Tensor, weights: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(JᵀJ/B (E, P, P), Jᵀr/B (E, P), per-member loss (E,), mean diagonal of JᵀJ/B (E,))."""
+    """(JᵀWJ/B (E, P, P), JᵀWr/B (E, P), per-member loss (E,), mean diagonal of JᵀWJ/B (E,)),
+    W = diag(weights) (the identity when None)."""
     J = model.prediction_jacobian(state).double()  # (E, B, P)
     with torch.no_grad():
         B = J.shape[1]
         r = (model.predict_prepared(state) - target).double()
+        loss = _mean_square(r, weights)
+        if weights is not None:
+            # √w on both factors keeps JᵀWJ symmetric positive semi-definite; in place: the
+            # Jacobian is a fresh tensor of this call (and the largest one of polishing)
+            root = weights.to(J.dtype).sqrt()
+            J.mul_(root.unsqueeze(-1))
+            r = r * root
         H = J.transpose(1, 2) @ J / B
         g = (J.transpose(1, 2) @ r.unsqueeze(-1)).squeeze(-1) / B
         scale = H.diagonal(dim1=1, dim2=2).mean(-1).clamp(min=torch.finfo(H.dtype).tiny)
@@ -60,7 +80,7 @@ def _gauss_newton(
                 f"the Gauss–Newton system is not finite for ensemble member(s) {bad} "
                 "(a prompt's prediction or gradient overflowed)"
             )
-        return H, g, r.pow(2).mean(-1), scale
+        return H, g, loss, scale
 
 
 def _solve(
@@ -89,27 +109,39 @@ def _set(params: list[torch.nn.Parameter], base: list[torch.Tensor], step: torch
 
 
 def averaging_step(
-    model: Any, state: Any, target: torch.Tensor, damping: torch.Tensor, eta: float
+    model: Any,
+    state: Any,
+    target: torch.Tensor,
+    damping: torch.Tensor,
+    eta: float,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """θ ← θ − η (JᵀJ/B + λ·s·I)⁻¹ Jᵀr/B on a fresh batch, in place, per member; no acceptance
-    test (a test on the same batch would bias the average). Returns each member's loss on the
+    """θ ← θ − η (JᵀWJ/B + λ·s·I)⁻¹ JᵀWr/B on a fresh batch, in place, per member; no acceptance
+    test (a test on the same batch would bias the average). ``weights``: the batch's per-prompt
+    weights (E, B) float64, or None for all ones. Returns each member's (weighted) loss on the
     batch before the step (E,)."""
     params = [p for _, p in model.named_parameters()]
-    H, g, f0, scale = _gauss_newton(model, state, target)
+    H, g, f0, scale = _gauss_newton(model, state, target, weights)
     base = [p.detach().clone() for p in params]
     _set(params, base, eta * _solve(H, g, damping, scale))
     return f0
 
 
 def lm_iteration(
-    model: Any, state: Any, target: torch.Tensor, damping: torch.Tensor
+    model: Any,
+    state: Any,
+    target: torch.Tensor,
+    damping: torch.Tensor,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One iteration in place on ``model``'s parameters. ``damping``: (E,) float64.
+    """One iteration in place on ``model``'s parameters. ``damping``: (E,) float64;
+    ``weights``: the batch's per-prompt weights (E, B) float64, or None for all ones.
 
-    Returns (the new damping (E,), each member's loss on the batch after the iteration (E,)).
+    Returns (the new damping (E,), each member's (weighted) loss on the batch after the
+    iteration (E,)).
     """
     params = [p for _, p in model.named_parameters()]
-    H, g, f0, scale = _gauss_newton(model, state, target)
+    H, g, f0, scale = _gauss_newton(model, state, target, weights)
     with torch.no_grad():
         old = [p.detach().clone() for p in params]
         lam = damping.clone()
@@ -117,7 +149,7 @@ def lm_iteration(
         f1 = f0
         for _ in range(MAX_TRIES):
             _set(params, old, _solve(H, g, lam, scale))
-            f1 = _loss(model, state, target)
+            f1 = _loss(model, state, target, weights)
             # at convergence the change is rounding noise: a step that raises the loss by less
             # than ROUNDING (relative) is harmless and keeps λ from running away
             accepted = torch.isfinite(f1) & (f1 <= f0 * (1.0 + ROUNDING))

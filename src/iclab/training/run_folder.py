@@ -30,7 +30,11 @@ from iclab.training.checkpoint import CONFIG, RunFolderError
 
 LOCK = ".iclab.lock"
 #: top-level config fields added after checkpoint format 2, with the value equal to the old behaviour
-ADDED_FIELDS = {"precision": "float32", "train.curriculum": None}
+ADDED_FIELDS = {
+    "precision": "float32",
+    "train.curriculum": None,
+    "train.polish.tail_scales": None,
+}
 
 
 def fingerprint(config: RunConfig) -> str:

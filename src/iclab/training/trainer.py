@@ -17,7 +17,13 @@ Polishing (``train.polish``, LSA only): after ``train.steps`` first-order steps,
 ``polish.steps`` Levenberg–Marquardt iterations on one fixed batch (stream (seed, "polish", 0)),
 then ``polish.averaging_steps`` Gauss–Newton steps on fresh batches (seed, "polish", j) with
 step sizes 1/2, 1/3, … (see :mod:`iclab.training.levenberg_marquardt`). Every polishing step is
-evaluated and checkpointed; its damping λ is part of the checkpoint.
+evaluated and checkpointed; its damping λ is part of the checkpoint. With
+``polish.tail_scales`` the polishing batches (fixed and fresh) come from the task's
+``sample_tilted`` on the same streams: each prompt's context covariates are scaled by a factor
+drawn from the list and its squared error is weighted by the likelihood ratio p/q, so the
+batches hold far more prompts with a large sample covariance (which dominate a deep LSA's loss)
+while the weighted loss, the one logged as ``train_loss`` for these steps, stays unbiased. The
+batch and its weights are a function of the stream alone, so resume redraws them exactly.
 
 Determinism: training batch k is drawn from the stream (seed, "train", k) and the test set from
 (seed, "test", 0), so the same config and seed give the same numbers, and a run killed at any
@@ -497,21 +503,27 @@ def _train(
 
     def polishing_steps() -> None:
         nonlocal damping
+        weights: torch.Tensor | None = None  # per-prompt weights of a tilted polishing batch
         for step in range(max(start, tcfg.steps), total):
             # Levenberg–Marquardt on batch 0, then averaging on batch k − steps + 1
             k = step - tcfg.steps
             fresh = k >= polish.steps
             if fresh or step == max(start, tcfg.steps):
                 index = k - polish.steps + 1 if fresh else 0
-                batch = task.sample(polish.batch_size, "polish", index)
+                if polish.tail_scales is None:
+                    batch = task.sample(polish.batch_size, "polish", index)
+                else:  # importance-sampled: more tail prompts, each with its weight p/q
+                    batch, weights = task.sample_tilted(  # type: ignore[attr-defined]
+                        polish.batch_size, "polish", index, polish.tail_scales
+                    )
                 with torch.no_grad():
                     state = model.prepare(batch)
             try:
                 if fresh:
                     eta = 1.0 / (k - polish.steps + 2)
-                    loss = averaging_step(model, state, batch.y_query, damping, eta)
+                    loss = averaging_step(model, state, batch.y_query, damping, eta, weights)
                 else:
-                    damping, loss = lm_iteration(model, state, batch.y_query, damping)
+                    damping, loss = lm_iteration(model, state, batch.y_query, damping, weights)
             except FloatingPointError as err:
                 raise diverged(step + 1, f"the forward pass [{err}]", None) from err
             if not torch.isfinite(loss).all():
