@@ -35,6 +35,7 @@ from iclab.theory.linear_regression.critical_points import (
     project_to_class,
 )
 from iclab.theory.linear_regression.multilayer import (
+    TAIL_SCALES,
     PGDScalars,
     best_pgd_scalars,
     pgd_class_loss,
@@ -51,6 +52,7 @@ from iclab.theory.linear_regression.one_layer import (
 )
 
 __all__ = [
+    "TAIL_SCALES",
     "CriticalPoint",
     "PGDScalars",
     "best_pgd_scalars",
