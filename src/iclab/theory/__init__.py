@@ -50,6 +50,11 @@ from iclab.theory.linear_regression.one_layer import (
     optimal_one_layer_loss,
     preconditioner_optimum,
 )
+from iclab.theory.linear_regression.wishart_moments import (
+    exact_pgd_stationary_point,
+    pgd_class_loss_exact,
+    wishart_trace_moments,
+)
 
 __all__ = [
     "TAIL_SCALES",
@@ -57,6 +62,7 @@ __all__ = [
     "PGDScalars",
     "best_pgd_scalars",
     "critical_point_near",
+    "exact_pgd_stationary_point",
     "functional_gd_weights",
     "gd_plus_plus_weights",
     "gp_expected_loss",
@@ -66,6 +72,7 @@ __all__ = [
     "one_layer_second_moment",
     "optimal_one_layer_loss",
     "pgd_class_loss",
+    "pgd_class_loss_exact",
     "pgd_class_matrices",
     "pgd_class_sample_losses",
     "pgd_critical_points",
@@ -74,4 +81,5 @@ __all__ = [
     "project_to_class",
     "wishart_eigenvalues",
     "wishart_sample",
+    "wishart_trace_moments",
 ]

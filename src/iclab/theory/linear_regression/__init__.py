@@ -29,6 +29,11 @@ from iclab.theory.linear_regression.one_layer import (
     optimal_one_layer_loss,
     preconditioner_optimum,
 )
+from iclab.theory.linear_regression.wishart_moments import (
+    exact_pgd_stationary_point,
+    pgd_class_loss_exact,
+    wishart_trace_moments,
+)
 
 __all__ = [
     "TAIL_SCALES",
@@ -36,12 +41,14 @@ __all__ = [
     "PGDScalars",
     "best_pgd_scalars",
     "critical_point_near",
+    "exact_pgd_stationary_point",
     "gd_plus_plus_weights",
     "nearest_critical_point",
     "one_layer_population_loss",
     "one_layer_second_moment",
     "optimal_one_layer_loss",
     "pgd_class_loss",
+    "pgd_class_loss_exact",
     "pgd_class_matrices",
     "pgd_class_sample_losses",
     "pgd_critical_points",
@@ -50,4 +57,5 @@ __all__ = [
     "project_to_class",
     "wishart_eigenvalues",
     "wishart_sample",
+    "wishart_trace_moments",
 ]
