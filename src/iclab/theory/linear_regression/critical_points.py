@@ -7,11 +7,14 @@ same reduction). That function is not convex: besides the minimum returned by
 :func:`~iclab.theory.linear_regression.multilayer.best_pgd_scalars` it has other stationary points (local minima
 and saddles), and gradient-based training inside or near the class can stop at one of them.
 At ``Σ = I``, ``L = 3``, ``n = 20`` for instance the 3-layer model trained with Adam by the paper's
-authors ends near ``a ≈ (0.71, 2.65, 7.1)``, ``b ≈ (0.34, 0.34)``, next to a local minimum with
-loss 1.26e-3 (the paper reports ≈ 1.25e-3), while the best point of the class is
-``a ≈ (0.34, 2.10, 8.59)``, ``b ≈ (0.875, 0.578)`` with loss ≈ 9.0e-4 (both on the default
-importance-sampled draws, 2026-12-01; on plain draws, which miss the rare prompts that carry the
-loss, the best point moves to ``a ≈ (0.38, 2.41, 9.63)`` with an optimistic loss ≈ 6.7e-4).
+authors ends near ``a ≈ (0.71, 2.65, 7.1)``, ``b ≈ (0.34, 0.34)``, next to a strict local minimum
+of the exact population loss (:mod:`iclab.theory.linear_regression.wishart_moments`) at
+``a = (0.717, 2.649, 7.163)``, ``b = (0.341, 0.345)`` with loss 1.30e-3 (the paper reports
+≈ 1.25e-3), while the best point of the class is ``a = (0.338, 2.091, 8.568)``,
+``b = (0.878, 0.578)`` with exact loss 9.61e-4. On plain draws, which miss the rare prompts that
+carry the loss, the best point moves to ``a ≈ (0.38, 2.41, 9.63)`` with a sample loss ≈ 6.7e-4
+and an exact loss of 0.054. The search below runs on Monte-Carlo draws (importance-sampled by
+default); its values are estimates.
 
 :func:`pgd_critical_points` lists the stationary points: from many deterministic starting points
 it runs (i) Levenberg–Marquardt descent on the loss (finds local minima) and (ii) damped Newton
