@@ -55,6 +55,12 @@ def test_report_contract_figures_and_rows_from_folders_only(untrained):
     assert all(r.paper is not None for r in rows)
     md = (out / "report.md").read_text()
     assert "| quantity | theory | paper |" in md
+    # exact population losses next to the sample ones: L = 1 has the closed-form optimum
+    # a = n/(n+d+1), loss d(d+1)/(n+d+1); L = 3 at n = 10 and 20
+    section = md.split("## Exact population losses (L ≤ 3)")[1].split("## ")[0]
+    table = [line for line in section.splitlines() if line.startswith("| 1 | 20 |")]
+    assert table and f"| {20 / 26:.3g} | – | {5 * 6 / 26:.4g} |" in table[0]
+    assert "| 3 | 10 |" in section and "| 3 | 20 |" in section
     for fig in ("one_layer_identity_A", "identity_L3_matrices", "loss_vs_layers", "loss_vs_n"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000
     # the analysis reads the run folders only: without training it gives identical rows
