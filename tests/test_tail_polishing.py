@@ -9,14 +9,14 @@ import math
 
 import pytest
 import torch
+from resume_check import assert_resumes_exactly, strip
 
 from iclab.config import ConfigError, make_config
 from iclab.tasks import LinearRegressionConfig, LinearRegressionTask
 from iclab.training import train
-from iclab.training.checkpoint import load_tensors
 from iclab.training.levenberg_marquardt import averaging_step, lm_iteration
 from iclab.training.run_folder import fingerprint
-from iclab.training.trainer import build_model, build_task, load_run
+from iclab.training.trainer import build_model, build_task
 
 SCALES = [1.0, 1.3, 1.6]
 N_PROMPTS = 200_000
@@ -207,10 +207,6 @@ def tilted_config(scales=SCALES, **polish):
     )
 
 
-def strip(metrics):
-    return [{k: v for k, v in m.items() if k != "wall_s"} for m in metrics]
-
-
 def test_a_tilted_polishing_run_completes_and_is_reproducible():
     a = train(tilted_config(), None, progress=False)
     b = train(tilted_config(), None, progress=False)
@@ -227,22 +223,7 @@ def test_a_tilted_polishing_run_completes_and_is_reproducible():
 
 @pytest.mark.parametrize("kill_at", [11, 14])  # after an LM iteration, after an averaging step
 def test_a_tilted_run_killed_while_polishing_resumes_to_identical_metrics(tmp_path, kill_at):
-    cfg = tilted_config()
-    full = train(cfg, tmp_path / "full", progress=False)
-
-    def kill(step):
-        if step == kill_at:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "killed", progress=False, on_step=kill)
-    assert load_run(tmp_path / "killed").metrics[-1]["step"] == kill_at
-    resumed = train(cfg, tmp_path / "killed", progress=False)
-    assert resumed.info["resumed_from_step"] == kill_at
-    assert strip(resumed.metrics) == strip(full.metrics)
-    torch.testing.assert_close(resumed.model.A, full.model.A, rtol=0, atol=0)
-    _, meta = load_tensors(tmp_path / "killed" / "model.safetensors")
-    assert meta["step"] == 15
+    assert_resumes_exactly(tilted_config(), tmp_path, kill_at, final_step=15)
 
 
 # ---------------------------------------------------------------- configuration

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from resume_check import assert_resumes_exactly, strip
 
 from iclab.config import ConfigError, make_config
 from iclab.training import TrainingDiverged, train
@@ -31,10 +32,6 @@ def small_config(**train_overrides):
             "train": train_cfg,
         }
     )
-
-
-def strip(metrics):
-    return [{k: v for k, v in m.items() if k != "wall_s"} for m in metrics]
 
 
 def test_run_folder_contents(tmp_path):
@@ -464,23 +461,7 @@ def test_polishing_keeps_members_independent():
 
 @pytest.mark.parametrize("kill_at", [20, 23, 27])
 def test_run_killed_while_polishing_resumes_to_identical_metrics(tmp_path, kill_at):
-    cfg = polish_config()
-    full = train(cfg, tmp_path / "full", progress=False)
-
-    def kill(step):
-        if step == kill_at:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "killed", progress=False, on_step=kill)
-    interrupted = load_run(tmp_path / "killed")  # reads the checkpoint's parameters only
-    assert interrupted.metrics[-1]["step"] == kill_at
-    resumed = train(cfg, tmp_path / "killed", progress=False)
-    assert resumed.info["resumed_from_step"] == kill_at
-    assert strip(resumed.metrics) == strip(full.metrics)
-    torch.testing.assert_close(resumed.model.A, full.model.A, rtol=0, atol=0)
-    _, meta = load_tensors(tmp_path / "killed" / "model.safetensors")
-    assert meta["step"] == 28
+    assert_resumes_exactly(polish_config(), tmp_path, kill_at, final_step=28)
 
 
 def test_a_non_finite_gauss_newton_system_stops_the_run_with_the_last_good_checkpoint(
