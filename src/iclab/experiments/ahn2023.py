@@ -42,6 +42,7 @@ train to the class optimum: see the comments above the budgets).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -130,6 +131,9 @@ class Budget:
     resample_every: int = 4
     critical_starts: int = 0  # > 0: list the critical points of the L = 3 class (a table)
     init_std: float | None = None  # None: the presets' (tests use a larger one to stay untrained)
+    # Gauss–Newton averaging steps of the weighted sweep runs (None: their recipe's); QUICK
+    # drops them to keep the quick report under ten minutes
+    weighted_averaging: int | None = None
 
 
 # Rotated Σ, L ≥ 3: first-order methods alone do not converge in these budgets. Measured
@@ -199,6 +203,7 @@ QUICK = Budget(
     test_size=10000,
     tune_size=4000,
     theory_samples=200_000,
+    weighted_averaging=0,
 )
 # FULL: the same recipes as QUICK with five seeds, 40000-prompt polishing batches and more
 # averaging (so more prompts behind every fitted weight), plus L = 4 and n ∈ {10, 14}. Σ = I
@@ -535,6 +540,8 @@ class Ahn2023(Experiment[Budget]):
         for L, n in dict.fromkeys(points):
             changes = {"model.layers": L, "task.n": n}
             recipe = budget.sweep[L] if n == 20 else budget.n_sweep
+            if budget.weighted_averaging is not None:
+                recipe = dataclasses.replace(recipe, averaging_steps=budget.weighted_averaging)
             cfg = _config("ahn2023_rotated_L3", recipe, budget, device, weighted=True, **changes)
             out.append(Run(_sweep_name(L, n), cfg))
         return out
