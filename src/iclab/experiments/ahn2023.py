@@ -269,7 +269,7 @@ QUICK = Budget(
 # 1.694, 9.494) and their test losses match the optimum's on the same prompts (0.0090, 0.0072,
 # 0.0078 against 0.0084, 0.0073, 0.0078), where plain polishing exploded (up to 1.7e4); the
 # plain-draw point there has exact loss 3.4. Left: polishing that reaches the population
-# optimum in the scalars too (the weighted quick L = 3 seeds: exact class loss 5.2–5.7e-3).
+# optimum in the scalars too (the weighted quick L = 3 seeds: exact class loss 2.0–4.5e-3).
 FULL = Budget(
     seeds=5,
     one_layer=Recipe(steps=1500, batch_size=10000, lr=0.01, warmup_steps=50),
