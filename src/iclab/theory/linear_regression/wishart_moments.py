@@ -158,15 +158,7 @@ def pgd_class_loss_exact(
             raise ValueError(f"b: expected {len(a_q)} values, got {len(b_f)}")
         c_q = [x * Fraction(y) for x, y in zip(a_q, b_f)][:-1]
     var = Fraction(float(noise_std)) ** 2
-    phi = _class_polynomial(a_q, c_q, n, var)
-    degree = len(phi) - 1
-    if degree > MAX_EXACT_DEGREE:
-        raise ValueError(
-            f"layers: the class polynomial has degree {degree} > {MAX_EXACT_DEGREE}; exact "
-            "moments are available for L <= 3"
-        )
-    moments = wishart_trace_moments(d, n, degree)
-    return float(sum(p * m for p, m in zip(phi, moments)) + var)
+    return float(_exact_loss_q([*a_q, *c_q], len(a_q), d, n, var))
 
 
 def _exact_loss_q(theta: Sequence[Fraction], L: int, d: int, n: int, var: Fraction) -> Fraction:
