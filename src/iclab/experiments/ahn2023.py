@@ -548,7 +548,8 @@ class Ahn2023(Experiment[Budget]):
 
     # ------------------------------------------------------------------------------ analysis
     def analyze(self, ctx: Context[Budget]) -> list[ReportRow]:
-        self._theory: dict[tuple[int, int], PGDScalars] = {}
+        self._theory: dict[tuple[int, int], PGDScalars] = {}  # the class on plain draws
+        self._population: dict[tuple[int, int], PGDScalars] = {}  # its population optimum
         self._eigen: dict[int, torch.Tensor] = {}
         self._base: dict[tuple[int, int], dict[str, list[float]]] = {}
         self._base_notes: dict[tuple[int, int], str] = {}
@@ -606,12 +607,11 @@ class Ahn2023(Experiment[Budget]):
     def _population_optimum(self, L: int, n: int) -> PGDScalars:
         """The class's population optimum (cached): Newton on the exact loss for L ≤ 3, the
         optimum of importance-sampled draws beyond (:func:`best_pgd_scalars`' default)."""
-        key = (-L, n)  # shares the cache of _best without colliding with its keys
-        if key not in self._theory:
-            self._theory[key] = best_pgd_scalars(
+        if (L, n) not in self._population:
+            self._population[(L, n)] = best_pgd_scalars(
                 L, 5, n, num_samples=self._ctx.budget.theory_samples
             )
-        return self._theory[key]
+        return self._population[(L, n)]
 
     def _best(self, L: int, n: int) -> PGDScalars:
         if (L, n) not in self._theory:
@@ -858,14 +858,11 @@ class Ahn2023(Experiment[Budget]):
 
     def _best_loss_row(
         self, res: TrainResult, ev: _Eval, L: int, n: int, label: str,
-        reached: _Reached | None = None, population: bool = False,
+        reached: _Reached | None = None,
     ) -> ReportRow:  # fmt: skip
-        """Every seed's test loss against the best loss of the PGD class — on the plain draws
-        (what a run polished on plain batches converges to), or its population optimum
-        (``population``: for runs polished on importance-sampled batches); refuted (with the
-        evidence) only when every seed converged to another local minimum of the class."""
-        if population:
-            return self._population_row(res, ev, L, n, label)
+        """Every seed's test loss against the best loss of the PGD class on the plain draws
+        (what a run polished on plain batches converges to); refuted (with the evidence) only
+        when every seed converged to another local minimum of the class."""
         best = self._best(L, n)
         quantity = f"{label}, trained LSA (theory: best PGD-class loss)"
         k = len(ev.loss)
@@ -944,11 +941,7 @@ class Ahn2023(Experiment[Budget]):
                 )
                 if label == "n" and (L, n) in [(Lx, 20) for Lx in b.layers]:
                     continue  # already a row of the loss-vs-L sweep
-                rows.append(
-                    self._best_loss_row(
-                        res, ev, L, n, f"loss vs {label}: L={L}, n={n}", population=True
-                    )
-                )
+                rows.append(self._population_row(res, ev, L, n, f"loss vs {label}: L={L}, n={n}"))
             x = [p[0] if label == "L" else p[1] for p in points]
             series_ms = {
                 k: (tuple(m for m, _ in v), tuple(sd for _, sd in v)) for k, v in series.items()
