@@ -39,11 +39,11 @@ import torch
 
 from iclab.seeding import make_generator
 from iclab.theory.linear_regression.multilayer import (
+    _full_eval,
     _gauss2_compress,
     _initial_points,
     _levenberg_marquardt,
     _Objective,
-    _phi,
     _value_grad_hess,
     eigen_sample,
     pooled,
@@ -88,21 +88,6 @@ class CriticalPoint:
         return (
             f"a = ({a}), b = ({b}), loss {self.loss:.4g} ± {self.standard_error:.1g} ({self.kind})"
         )
-
-
-def _full_value_grad(
-    theta: torch.Tensor, lam: torch.Tensor, L: int, n: int, var: float, w: torch.Tensor | None
-) -> tuple[float, float, torch.Tensor]:
-    """Loss, its Monte-Carlo SE and gradient on the full sample (θ: (2L−1,); ``w``: the draws'
-    importance weights, None for a plain sample)."""
-    t = theta.detach().clone().requires_grad_(True)
-    v = _phi(t[:L], t[L:], lam, n, var).sum(-1)
-    if w is not None:
-        v = w * v
-    val = v.mean()
-    (g,) = torch.autograd.grad(val, t)
-    se = float(v.detach().std()) / math.sqrt(v.shape[0])
-    return float(val.detach()) + var, se, g
 
 
 def _gradient_residuals(obj: _Objective):
@@ -170,7 +155,7 @@ class _Landscape:
         matches the full one to the compression's accuracy); the point if the full-sample
         gradient vanishes there."""
         L = self.L
-        val, se, g = _full_value_grad(theta, self.lam, L, self.n, self.var, self.w)
+        val, se, g = _full_eval(self.obj, self.lam, theta, self.w)
         _, _, H = _value_grad_hess(self.obj, theta)
         for _ in range(8):
             if float(g.norm()) <= 1e-14 * (1.0 + val):
@@ -179,7 +164,7 @@ class _Landscape:
                 cand = theta - torch.linalg.solve(H, g)
             except RuntimeError:
                 break
-            cval, cse, cg = _full_value_grad(cand, self.lam, L, self.n, self.var, self.w)
+            cval, cse, cg = _full_eval(self.obj, self.lam, cand, self.w)
             if not (math.isfinite(cval) and float(cg.norm()) < float(g.norm())):
                 break
             theta, val, se, g = cand, cval, cse, cg
