@@ -18,9 +18,9 @@ UNTRAINED = Budget(
     seeds=2,
     one_layer=ZERO,
     identity=ZERO,
-    sweep={1: ZERO, 3: ZERO},
+    sweep={1: ZERO, 3: ZERO, 4: ZERO},
     n_sweep=ZERO,
-    layers=(1, 3),
+    layers=(1, 3, 4),
     ns=(10, 20),
     test_size=512,
     tune_size=256,
@@ -61,6 +61,10 @@ def test_report_contract_figures_and_rows_from_folders_only(untrained):
     table = [line for line in section.splitlines() if line.startswith("| 1 | 20 |")]
     assert table and f"| {20 / 26:.3g} | – | {5 * 6 / 26:.4g} |" in table[0]
     assert "| 3 | 10 |" in section and "| 3 | 20 |" in section
+    # L = 4: the population optimum is only estimated, so the point is plotted, not judged
+    assert not [r for r in rows if "L=4" in r.quantity]
+    deep = md.split("## Loss vs layers L")[1].split("## ")[0]
+    assert "**L = 4, n = 20: plotted, not judged.**" in deep and "degree 80" in deep
     for fig in ("one_layer_identity_A", "identity_L3_matrices", "loss_vs_layers", "loss_vs_n"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000
     # the analysis reads the run folders only: without training it gives identical rows
@@ -80,6 +84,9 @@ def test_budgets_declare_typed_runs():
     full = {r.name: r.config for r in EXPERIMENT.runs(FULL, "cpu")}
     deep = full["rotated_L4"]
     assert deep.model.layers == 4 and deep.train.lr == FULL.sweep[4].lr
+    # importance-sampled polishing only where the population optimum is exact (L ≤ 3)
+    assert deep.train.polish.tail_scales is None
+    assert full["rotated_L3_n10"].train.polish.tail_scales is not None
     assert {"rotated_L3_n10", "rotated_L3_n14"} <= set(full)
     rotated = {r.name: r.config for r in runs}["rotated_L3"]
     polish = rotated.train.polish
