@@ -280,12 +280,13 @@ QUICK = Budget(
 # with an SE that understates the error, so neither is a theory value to hold a run against.
 # Nor does any recipe reach either: this recipe with weighted polishing (5 seeds) ends the 40
 # LM iterations at test losses 0.26, 2.0e-4, 9.5e-5, 2.0e-3, 0.17 (weighted batch losses after
-# the first iteration: 2e14–1.5e17, where Shampoo left test losses 1.3–2.7e-3); started instead from the trained L = 3 seeds
-# (rotated_L3_weighted, full) with a zero fourth layer, 30 LM iterations on 40000 plain
-# prompts head for the plain-draw family (a = 0.32–0.34, 1.96–2.01, 7.9–8.2, 20.5–23.8) but
-# over-fit the batch (fit 3e-7–4.7e-6, test 2.6e-6–7.3e-5 against that point's 0.74–1.8e-6 on
-# the same prompts), and on 40000 weighted prompts they do not leave a₄ = 0 (test losses
-# unchanged at 6.6–8.0e-4). The run polishes on plain batches, as before the weighted ones.
+# the first iteration: 2e14–1.5e17, where Shampoo left test losses 1.3–2.7e-3); started instead
+# from the trained L = 3 seeds (rotated_L3_weighted, full) with a zero fourth layer, 30 LM
+# iterations on 40000 plain prompts head for the plain-draw family (a = 0.32–0.34, 1.96–2.01,
+# 7.9–8.2, 20.5–23.8) but over-fit the batch (fit 3e-7–4.7e-6, test 2.6e-6–7.3e-5 against that
+# point's 0.74–1.8e-6 on the same prompts), and on 40000 weighted prompts they do not leave
+# a₄ = 0 (test losses unchanged at 6.6–8.0e-4). The run polishes on plain batches, as before
+# the weighted ones.
 FULL = Budget(
     seeds=5,
     one_layer=Recipe(steps=1500, batch_size=10000, lr=0.01, warmup_steps=50),
@@ -373,8 +374,8 @@ def _exact(L: int) -> bool:
     """Whether the L-layer class's population loss is computed exactly (degree 3^L − 1 of its
     per-prompt loss within reach of the Wishart trace moments). Only then does a sweep point get
     a row: beyond, the population optimum is an importance-sampled estimate whose standard
-    error understates its error (effective sample size ≈ draws / 1500), not a theory value a
-    verdict can rest on."""
+    error understates its error (at the L = 3 optimum its effective sample size is about
+    draws / 1500), not a theory value a verdict can rest on."""
     return 3**L - 1 <= MAX_EXACT_DEGREE
 
 
@@ -1002,7 +1003,8 @@ class Ahn2023(Experiment[Budget]):
             "Wishart moments, so its population optimum is only an importance-sampled estimate "
             f"({pop.num_samples} draws): a = ({_fmt(pop.a)}), b = ({_fmt(pop.b[:-1])}), loss "
             f"{pop.loss:.3g} ± {pop.standard_error:.2g}, a standard error that understates the "
-            "estimate's error (effective sample size ≈ draws / 1500). No verdict rests on it. "
+            "estimate's error (at L = 3 the effective sample size is about draws / 1500). No "
+            "verdict rests on it. "
             f"Test losses on the same {res.config.train.test_size} prompts per seed: trained "
             f"{losses(ev.loss)}; the best point on {self._ctx.budget.theory_samples} plain draws "
             f"(a = ({_fmt(best.a)}), b = ({_fmt(best.b[:-1])}), sample loss {best.loss:.3g}) "
