@@ -36,9 +36,9 @@ Quantities computed exactly from the weights (distance to identity, error of A, 
 the scalars from a critical point) carry no sampling error: every seed must be within its
 optimization tolerance. An untrained model fails every claim row (tested).
 
-Budgets (measured on 2 CPU cores, 2026-11-30): ``quick`` 383 s (3 seeds; L ≤ 3, n = 20);
-``full`` 2435 s (5 seeds, bigger polishing batches, and L = 4, n ∈ {10, 14}, which do not yet
-train to the class optimum: see the comments above the budgets).
+Budgets (measured on 2 CPU cores): ``quick`` 386 s (2026-12-01; 3 seeds; L ≤ 3, n = 20);
+``full`` 2630 s of training (2026-12-01; 5 seeds, bigger polishing batches, and L = 4,
+n ∈ {10, 14}; L = 4 is plotted, not judged: see the comments above the budgets).
 """
 
 from __future__ import annotations
