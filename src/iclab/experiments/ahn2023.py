@@ -566,10 +566,11 @@ class Ahn2023(Experiment[Budget]):
         for L, n in dict.fromkeys(points):
             changes = {"model.layers": L, "task.n": n}
             recipe = budget.sweep[L] if n == 20 else budget.n_sweep
-            if budget.weighted_averaging is not None:
+            weighted = _exact(L)
+            if weighted and budget.weighted_averaging is not None:
                 recipe = dataclasses.replace(recipe, averaging_steps=budget.weighted_averaging)
             cfg = _config(
-                "ahn2023_rotated_L3", recipe, budget, device, weighted=_exact(L), **changes
+                "ahn2023_rotated_L3", recipe, budget, device, weighted=weighted, **changes
             )
             out.append(Run(_sweep_name(L, n), cfg))
         return out
@@ -919,17 +920,12 @@ class Ahn2023(Experiment[Budget]):
 
     def _population_row(self, res: TrainResult, ev: _Eval, L: int, n: int, label: str) -> ReportRow:
         """A sweep run (polished on importance-sampled batches) against the class's population
-        optimum, on the same test prompts."""
+        optimum (exact: only points with ``_exact(L)`` get a row), on the same test prompts."""
         best = self._population_optimum(L, n)
         k = len(ev.loss)
-        exact = best.standard_error == 0.0
-        how = (
-            "exact, from the Wishart trace moments"
-            if exact
-            else f"{best.num_samples} importance-sampled draws, ± {best.standard_error:.2g}"
-        )
         note = (
-            f"{self._base_notes.get((L, n), '')}population optimum of the class ({how}): "
+            f"{self._base_notes.get((L, n), '')}population optimum of the class (exact, from "
+            "the Wishart trace moments): "
             f"a = ({_fmt(best.a)}), b = ({_fmt(best.b[:-1])}); the run polished on "
             "importance-sampled batches (train.polish.tail_scales)"
         )
@@ -989,7 +985,7 @@ class Ahn2023(Experiment[Budget]):
     def _unjudged(self, res: TrainResult, ev: _Eval, L: int, n: int) -> str:
         """A sweep point without a row (its population optimum is only estimated): what the
         trained seeds score against the two candidate theory points on the same test prompts."""
-        k = len(ev.loss)
+        k, polish = len(ev.loss), res.config.train.polish
         best, pop = self._best(L, n), self._population_optimum(L, n)
         at_best = self._at_points(res, [(best.a, best.b)] * k)
         at_pop = self._at_points(res, [(pop.a, pop.b)] * k)
@@ -1009,7 +1005,8 @@ class Ahn2023(Experiment[Budget]):
             f"{losses(ev.loss)}; the best point on {self._ctx.budget.theory_samples} plain draws "
             f"(a = ({_fmt(best.a)}), b = ({_fmt(best.b[:-1])}), sample loss {best.loss:.3g}) "
             f"{losses(at_best.loss)}; the estimated population optimum {losses(at_pop.loss)}. "
-            "The run polishes on plain batches."
+            f"The run polishes on {'plain' if polish.tail_scales is None else 'weighted'} "
+            "batches."
         )
 
 
