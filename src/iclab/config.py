@@ -217,6 +217,14 @@ class TrainConfig(BaseModel):
         description="grow the training prompts' n and active_dims linearly (tasks that accept "
         "them, e.g. function_class); null: the task's own values throughout",
     )
+    init_from: str | None = Field(
+        None,
+        description="a completed run folder whose final weights start this run (a path "
+        "relative to this run folder's parent, e.g. a sibling's name, or absolute): same "
+        "task, seeds and model settings, except that a model may grow where its kind allows "
+        "(LSA: more layers, the extra ones starting at zero, i.e. as identity maps); null: the "
+        "random initialization",
+    )
     test_size: int = Field(5000, ge=1, description="prompts in the fixed test set (per seed)")
     eval_every: int = Field(100, ge=1, description="evaluate on the test set every k steps")
     checkpoint_every: int = Field(1000, ge=1, description="write a checkpoint every k steps")
@@ -227,6 +235,13 @@ class TrainConfig(BaseModel):
     @classmethod
     def _betas_from_list(cls, v: Any) -> Any:
         return tuple(v) if isinstance(v, list) else v  # YAML has lists, not tuples
+
+    @field_validator("init_from")
+    @classmethod
+    def _check_init_from(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or "\0" in v):
+            raise ValueError("must name a run folder (a non-empty path) or be null")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -21,7 +21,7 @@ and one vocabulary to inspect a trained model:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -80,6 +80,10 @@ class EnsembleModel(nn.Module):
     #: tolerate an 8-bit mantissa in their matmuls (the softmax transformer), never the
     #: closed-form comparisons of the linear models
     bf16_autocast: ClassVar[bool] = False
+    #: model config fields a run started from another run's weights (``train.init_from``) may
+    #: enlarge, each with the parameter axis it sizes (see :meth:`load_initial_state`); the
+    #: model's other settings must equal the source's
+    grows_along: ClassVar[dict[str, int]] = {}
 
     def __init__(
         self,
@@ -141,6 +145,30 @@ class EnsembleModel(nn.Module):
         """Memory one member keeps whatever the batch size (statistics of a data set, working
         buffers of a chunked pass); default none."""
         return 0
+
+    @torch.no_grad()
+    def load_initial_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Start from another run's parameters ``state`` (``train.init_from``). A parameter of
+        the same shape is copied; one that is smaller along an axis of :attr:`grows_along` fills
+        the leading entries and the rest start at zero, which a model may declare only where
+        zero entries leave its function unchanged (so the grown model computes the source's)."""
+        own = dict(self.named_parameters())
+        if set(state) != set(own):
+            diff = sorted(set(state) ^ set(own))[0]
+            raise ValueError(f"the parameters differ from this model's (first: {diff!r})")
+        axes = set(self.grows_along.values())
+        for name, p in own.items():
+            src = state[name].to(device=p.device, dtype=p.dtype)
+            grown = [a for a in range(p.dim()) if src.shape[a] != p.shape[a]]
+            if src.dim() != p.dim() or any(
+                a not in axes or src.shape[a] > p.shape[a] for a in grown
+            ):
+                raise ValueError(
+                    f"parameter {name!r} has shape {tuple(src.shape)}, which cannot start this "
+                    f"model's {tuple(p.shape)}"
+                )
+            p.zero_()
+            p[tuple(slice(0, k) for k in src.shape)] = src
 
     # ------------------------------------------------------------------ inspection
     def residual_stream(self, batch: Any) -> list[torch.Tensor]:

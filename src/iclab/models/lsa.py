@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, Field
@@ -97,6 +97,10 @@ def _tiny_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @register_model("lsa", config=LSAConfig, accepts=(PromptBatch,))
 class LinearSelfAttention(EnsembleModel):
     """An ensemble of ``E`` L-layer LSA models; see the module docstring for conventions."""
+
+    # a layer with zero weights is the identity map in every parametrization (K = 0), so a
+    # deeper model started from a shallower run's layers computes that run's function
+    grows_along: ClassVar[dict[str, int]] = {"layers": 1}
 
     def __init__(
         self,

@@ -5,7 +5,9 @@ folder. An executor trains a list of jobs and returns one :class:`Outcome` per j
 a run that diverges or fails does not stop the others (the caller decides what a failure means).
 Every run folder keeps its own guarantees (lock, fingerprint, resume from the last checkpoint),
 so an executor may be stopped at any instant and run again: completed runs are skipped and the
-interrupted ones resume to exactly the uninterrupted result.
+interrupted ones resume to exactly the uninterrupted result. A job whose ``train.init_from``
+names another job's run folder starts after that job completed (and fails without training when
+it did not).
 
 - :class:`LocalExecutor` trains the jobs in this process, one after another.
 - :class:`RayExecutor` trains each job as a Ray task with ``num_cpus``/``num_gpus`` (fractions of
@@ -34,6 +36,7 @@ import torch
 from iclab import registry
 from iclab.config import ConfigError, RunConfig, make_config
 from iclab.training.checkpoint import RUN_INFO, RunFolderError
+from iclab.training.initialization import init_source
 from iclab.training.trainer import TrainingDiverged, train
 
 EXECUTORS = ("local", "ray")
@@ -102,6 +105,40 @@ def train_job(
     return Outcome(name, "completed", res.steps_run, round(res.wall_s, 3))
 
 
+def init_dependencies(jobs: Sequence[Job]) -> dict[int, int]:
+    """{job index: index of the job it starts from} for the jobs whose ``train.init_from``
+    names another job's run folder (a source outside the list must already be complete).
+    Raises :class:`ConfigError` for runs that start from each other."""
+    folders = {job.run_dir.resolve(): i for i, job in enumerate(jobs)}
+    deps = {}
+    for i, job in enumerate(jobs):
+        source = init_source(job.config, job.run_dir)
+        if source is not None and source.resolve() in folders:
+            deps[i] = folders[source.resolve()]
+    for i in deps:
+        seen, j = {i}, i
+        while j in deps:
+            j = deps[j]
+            if j in seen:
+                raise ConfigError(
+                    f"train.init_from: runs {jobs[i].name!r} and {jobs[j].name!r} start from "
+                    "each other; one of them must start from its random initialization"
+                )
+            seen.add(j)
+    return deps
+
+
+def _blocked(job: Job, source: Outcome) -> Outcome:
+    """The outcome of a job whose ``train.init_from`` run did not complete."""
+    return Outcome(
+        job.name,
+        "failed",
+        message=f"train.init_from: run {source.name!r} did not complete ({source.status}), so "
+        "this run cannot start from it",
+        error="RuntimeError",
+    )
+
+
 class Executor(ABC):
     """Trains a list of jobs; see the module docstring."""
 
@@ -128,27 +165,48 @@ class LocalExecutor(Executor):
     def run(
         self, jobs: Sequence[Job], on_done: Callable[[Outcome], None] | None = None
     ) -> list[Outcome]:
+        deps = init_dependencies(jobs)
         before = torch.get_num_threads()
-        outcomes = []
+        outcomes: dict[int, Outcome] = {}
         try:
-            for job in jobs:
-                out = (
-                    Outcome(job.name, "completed")
-                    if is_completed(job)
-                    else train_job(
+            for i in _start_order(len(jobs), deps):
+                job = jobs[i]
+                if i in deps and not outcomes[deps[i]].ok:
+                    out = _blocked(job, outcomes[deps[i]])
+                elif is_completed(job):
+                    out = Outcome(job.name, "completed")
+                else:
+                    out = train_job(
                         job.config.to_dict(),
                         str(job.run_dir),
                         job.name,
                         self.threads,
                         progress=self.progress,
                     )
-                )
-                outcomes.append(out)
+                outcomes[i] = out
                 if on_done is not None:
                     on_done(out)
         finally:
             torch.set_num_threads(before)
-        return outcomes
+        return [outcomes[i] for i in range(len(jobs))]
+
+
+def _start_order(count: int, deps: dict[int, int]) -> list[int]:
+    """Job indices in list order, except that a job comes after the job it starts from."""
+    order: list[int] = []
+    placed: set[int] = set()
+
+    def place(i: int) -> None:
+        if i in placed:
+            return
+        if i in deps:
+            place(deps[i])
+        placed.add(i)
+        order.append(i)
+
+    for i in range(count):
+        place(i)
+    return order
 
 
 class RayExecutor(Executor):
@@ -211,30 +269,41 @@ class RayExecutor(Executor):
     def run(
         self, jobs: Sequence[Job], on_done: Callable[[Outcome], None] | None = None
     ) -> list[Outcome]:
+        deps = init_dependencies(jobs)
         todo = []
-        outcomes: dict[str, Outcome] = {}
-        for job in jobs:
-            if is_completed(job):
-                outcomes[job.name] = Outcome(job.name, "completed")
-                if on_done is not None:
-                    on_done(outcomes[job.name])
+        outcomes: dict[int, Outcome] = {}
+        for i in _start_order(len(jobs), deps):
+            job = jobs[i]
+            blocked = i in deps and deps[i] in outcomes and not outcomes[deps[i]].ok
+            if blocked:
+                outcomes[i] = _blocked(job, outcomes[deps[i]])
+            elif is_completed(job):
+                outcomes[i] = Outcome(job.name, "completed")
             else:
-                todo.append(job)
+                todo.append(i)
+                continue
+            if on_done is not None:
+                on_done(outcomes[i])
         if todo:
             connected = self._connect()
             try:
-                self._run_remote(todo, outcomes, on_done)
+                self._run_remote(jobs, todo, deps, outcomes, on_done)
             finally:
                 if connected:
                     self.ray.shutdown()
-        return [outcomes[job.name] for job in jobs]
+        return [outcomes[i] for i in range(len(jobs))]
 
     def _run_remote(
         self,
-        todo: list[Job],
-        outcomes: dict[str, Outcome],
+        jobs: Sequence[Job],
+        todo: list[int],
+        deps: dict[int, int],
+        outcomes: dict[int, Outcome],
         on_done: Callable[[Outcome], None] | None,
     ) -> None:
+        """Train the jobs ``todo`` (indices, in start order); a job waits until the job it
+        starts from has its outcome, and fails without training when that one did not
+        complete."""
         ray = self.ray
         task = ray.remote(_ray_train_job).options(
             num_cpus=self.cpus,
@@ -242,25 +311,38 @@ class RayExecutor(Executor):
             max_retries=self.retries,  # a dead worker: the retry resumes from the checkpoint
             retry_exceptions=False,  # a run's own failure is an Outcome, not retried
         )
-        pending: dict[Any, Job] = {}
+        pending: dict[Any, int] = {}
         queue = list(todo)
+
+        def settle(i: int, out: Outcome) -> None:
+            outcomes[i] = out
+            if on_done is not None:
+                on_done(out)
+
         while queue or pending:
-            while queue and len(pending) < self.workers:
-                job = queue.pop(0)
+            for i in [i for i in queue if i in deps and deps[i] in outcomes]:
+                if not outcomes[deps[i]].ok:  # its source failed: nothing to start from
+                    queue.remove(i)
+                    settle(i, _blocked(jobs[i], outcomes[deps[i]]))
+            ready = [i for i in queue if i not in deps or deps[i] in outcomes]
+            while ready and len(pending) < self.workers:
+                i = ready.pop(0)
+                queue.remove(i)
+                job = jobs[i]
                 args = (job.config.to_dict(), str(job.run_dir.resolve()), job.name)
-                pending[task.remote(*args, self.threads, self.imports)] = job
+                pending[task.remote(*args, self.threads, self.imports)] = i
+            if not pending:
+                continue  # only jobs whose source just failed were left
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                job = pending.pop(ref)
+                i = pending.pop(ref)
                 try:
                     out = Outcome(**ray.get(ref))
                 except Exception as err:  # the worker died more often than retries allow
                     out = Outcome(
-                        job.name, "failed", message=str(err)[:500], error=type(err).__name__
+                        jobs[i].name, "failed", message=str(err)[:500], error=type(err).__name__
                     )
-                outcomes[job.name] = out
-                if on_done is not None:
-                    on_done(out)
+                settle(i, out)
 
 
 def _ray_train_job(

@@ -34,6 +34,7 @@ ADDED_FIELDS = {
     "precision": "float32",
     "train.curriculum": None,
     "train.polish.tail_scales": None,
+    "train.init_from": None,
 }
 
 

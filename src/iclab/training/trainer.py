@@ -25,6 +25,10 @@ batches hold far more prompts with a large sample covariance (which dominate a d
 while the weighted loss, the one logged as ``train_loss`` for these steps, stays unbiased. The
 batch and its weights are a function of the stream alone, so resume redraws them exactly.
 
+Starting weights: a run starts from its random initialization, or from another completed run's
+final weights with ``train.init_from`` (e.g. a deeper LSA from a shallower one; see
+:mod:`iclab.training.initialization`).
+
 Determinism: training batch k is drawn from the stream (seed, "train", k) and the test set from
 (seed, "test", 0), so the same config and seed give the same numbers, and a run killed at any
 point resumes from its last checkpoint to exactly the metrics of an uninterrupted run.
@@ -66,6 +70,7 @@ from iclab.training.callbacks import (
     TensorBoardLogger,
 )
 from iclab.training.checkpoint import RunFolderError
+from iclab.training.initialization import check_init_source, init_source, load_init_weights
 from iclab.training.levenberg_marquardt import averaging_step, lm_iteration
 from iclab.training.memory import check_memory
 from iclab.training.optim import build_optimizer, clip_gradients, lr_factor
@@ -276,11 +281,15 @@ def train(
         hooks.append(StepFunction(on_step))
     check_memory(config)
     device = resolve_device(config.device)
+    init = init_source(config, run_dir)
+    own = run_dir is not None and resume and not overwrite and (run_dir / io.CHECKPOINT).exists()
+    if init is not None and run_dir is not None and parent is None and not own:
+        check_init_source(config, init, run_dir)  # a fresh start: before anything is written
     with contextlib.ExitStack() as held:
         if run_dir is not None:
             held.enter_context(FolderLock(run_dir))
         precision = held.enter_context(matmul_precision(config.precision, device))
-        return _train(config, run_dir, resume, overwrite, hooks, parent, precision)
+        return _train(config, run_dir, resume, overwrite, hooks, parent, precision, init)
 
 
 def _train(
@@ -291,8 +300,10 @@ def _train(
     hooks: list[Callback],
     parent: Path | None,
     precision: str,
+    init: Path | None = None,
 ) -> TrainResult:
-    """``precision``: what :func:`matmul_precision` put into effect, recorded in ``run.json``."""
+    """``precision``: what :func:`matmul_precision` put into effect, recorded in ``run.json``;
+    ``init``: the checked ``train.init_from`` folder whose weights start a fresh run."""
     tcfg = config.train
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
@@ -317,6 +328,7 @@ def _train(
     metrics: list[dict[str, Any]] = []
     start = 0
     lineage: dict[str, Any] = {}
+    started_from: dict[str, Any] = {}  # train.init_from: the run whose weights start this one
     source = None
     continued = False  # started from the parent's checkpoint: none of this folder's own yet
     if run_dir is not None and resume and (run_dir / io.CHECKPOINT).exists():
@@ -330,12 +342,15 @@ def _train(
         if "polish.damping" in tensors:
             damping = tensors["polish.damping"].to(device, torch.float64)
         lineage = meta.get("parent") or {}
+        started_from = meta.get("init_from") or {}
         if continued:
             lineage = {
                 "run_dir": str(source.parent.resolve()),
                 "step": start,
                 "fingerprint": meta.get("fingerprint"),
             }
+    elif init is not None and run_dir is not None:  # a fresh start (a resume never reads it)
+        started_from = load_init_weights(model, init, check_init_source(config, init, run_dir))
     if run_dir is not None and start >= total and (run_dir / io.RUN_INFO).exists():
         # already complete: report it as it was, only repairing damaged views
         try:
@@ -380,6 +395,7 @@ def _train(
         "resumed_from_step": start,
         "fingerprint": fingerprint(config),
         **({"parent": lineage} if lineage else {}),
+        **({"init_from": started_from} if started_from else {}),
     }
     if run_dir is not None:
         atomic_write_json(run_dir / io.RUN_INFO, info)
@@ -412,6 +428,7 @@ def _train(
             "fingerprint": info["fingerprint"],
             "metrics": metrics,
             **({"parent": lineage} if lineage else {}),
+            **({"init_from": started_from} if started_from else {}),
         }
         io.save_tensors(run_dir / io.CHECKPOINT, tensors, meta)  # the commit point
         last_checkpoint = step
