@@ -18,7 +18,7 @@ UNTRAINED = Budget(
     seeds=2,
     one_layer=ZERO,
     identity=ZERO,
-    sweep={1: ZERO, 3: ZERO, 4: ZERO},
+    sweep={1: ZERO, 3: ZERO, 4: dataclasses.replace(ZERO, start_from_layers=3)},
     n_sweep=ZERO,
     layers=(1, 3, 4),
     ns=(10, 20),
@@ -63,6 +63,8 @@ def test_report_contract_figures_and_rows_from_folders_only(untrained):
     assert "| 3 | 10 |" in section and "| 3 | 20 |" in section
     # L = 4: the population optimum is only estimated, so the point is plotted, not judged
     assert not [r for r in rows if "L=4" in r.quantity]
+    grown = json.loads((out / "runs" / "rotated_L4" / "run.json").read_text())
+    assert grown["init_from"]["run_dir"].endswith("rotated_L3_weighted")  # progressive depth
     deep = md.split("## Loss vs layers L")[1].split("## ")[0]
     assert "**L = 4, n = 20: plotted, not judged.**" in deep and "degree 80" in deep
     for fig in ("one_layer_identity_A", "identity_L3_matrices", "loss_vs_layers", "loss_vs_n"):
