@@ -165,3 +165,18 @@ def test_configure_takes_typed_changes_and_validates():
 
     with pytest.raises(ConfigError, match=r"model\.layers"):
         configure("ahn2023_rotated_L3", {"model.layers": 0})
+
+
+def test_log_band_mirrors_mean_plus_std_in_log_space():
+    """A log-axis band stays positive where mean − std is not, and is symmetric in log space."""
+    import numpy as np
+
+    from iclab.analysis.figures import log_band
+
+    mean = np.array([4.7e-6, 1.0, 2.0, 0.0])
+    std = np.array([5.1e-6, 0.0, 1.0, 0.0])
+    lo, hi = log_band(mean, std)
+    np.testing.assert_allclose(hi[:3], mean[:3] + std[:3])
+    assert (lo[:3] > 0).all() and lo[1] == 1.0
+    np.testing.assert_allclose(np.log(hi[:3]) - np.log(mean[:3]), np.log(mean[:3]) - np.log(lo[:3]))
+    assert lo[3] == hi[3] == 0.0  # a zero mean has no band

@@ -28,6 +28,14 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def log_band(mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean ± std band for a log axis: ``(m/k, m·k)`` with ``k = 1 + std/m``, the upper edge
+    ``m + std`` mirrored in log space (``m − std`` may be ≤ 0, which a log axis cannot show: a
+    clipped floor would draw a heavy-tailed seed spread as decades of range it does not have)."""
+    k = 1.0 + np.divide(std, mean, out=np.zeros_like(std), where=mean > 0)
+    return mean / k, mean * k
+
+
 def loss_curves(
     runs: Mapping[str, Sequence[Mapping]],
     path: Path,
@@ -43,7 +51,7 @@ def loss_curves(
         mean, std = loss.mean(1), loss.std(1, ddof=1) if loss.shape[1] > 1 else np.zeros(len(loss))
         color = f"C{i}"
         ax.plot(steps, mean, color=color, label=f"{label} (mean of {loss.shape[1]})")
-        ax.fill_between(steps, np.maximum(mean - std, 1e-12), mean + std, color=color, alpha=0.2)
+        ax.fill_between(steps, *log_band(mean, std), color=color, alpha=0.2)
     for j, (label, value) in enumerate((theory or {}).items()):
         ax.axhline(value, color=f"C{j + len(runs)}", ls="--", lw=1, label=label)
     ax.set_yscale("log")
@@ -89,7 +97,8 @@ def loss_versus(
         ax.plot(x, m, marker="o", color=f"C{i}", label=label)
         if std is not None:
             s = np.asarray(std, dtype=float)
-            ax.fill_between(x, np.maximum(m - s, 1e-12), m + s, color=f"C{i}", alpha=0.2)
+            lo, hi = log_band(m, s) if logy else (m - s, m + s)
+            ax.fill_between(x, lo, hi, color=f"C{i}", alpha=0.2)
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
@@ -134,8 +143,8 @@ def loss_grid(
                 ax.plot(x, m, marker="o", ms=3, color=color(label), label=label)
                 if std is not None:
                     s = np.asarray(std, dtype=float)
-                    lo = np.maximum(m - s, 1e-12) if logy else m - s
-                    ax.fill_between(x, lo, m + s, color=color(label), alpha=0.2)
+                    lo, hi = log_band(m, s) if logy else (m - s, m + s)
+                    ax.fill_between(x, lo, hi, color=color(label), alpha=0.2)
             for label, value in panel.get("lines", {}).items():
                 ax.axhline(value, color=color(label), ls="--", lw=1, label=label)
             if logy:
