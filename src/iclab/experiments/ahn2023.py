@@ -39,7 +39,7 @@ the scalars from a critical point) carry no sampling error: every seed must be w
 optimization tolerance. An untrained model fails every claim row (tested).
 
 Budgets (measured on 2 CPU cores): ``quick`` 386 s (2026-12-01; 3 seeds; L ≤ 3, n = 20);
-``full`` 2630 s of training (2026-12-01; 5 seeds, bigger polishing batches, and L = 4,
+``full`` 2692 s of training (2026-12-01; 5 seeds, bigger polishing batches, and L = 4,
 n ∈ {10, 14}; L = 4 is plotted, not judged: see the comments above the budgets).
 """
 
