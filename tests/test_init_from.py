@@ -16,6 +16,7 @@ import torch
 
 from iclab.config import ConfigError, RunConfig, make_config
 from iclab.training import train
+from iclab.training.checkpoint import RunFolderError
 from iclab.training.executors import Job, LocalExecutor, init_dependencies
 from iclab.training.trainer import load_run
 
@@ -59,9 +60,13 @@ def test_a_deeper_lsa_starts_as_the_shallower_runs_function(tmp_path, parametriz
     with torch.no_grad():
         torch.testing.assert_close(grown.model(batch.x, batch.y, batch.x_query), src.model(batch.x, batch.y, batch.x_query), rtol=1e-5, atol=1e-6)  # fmt: skip
     params = dict(grown.model.named_parameters())
+    zero = grown.model.zero_when_grown()
+    # one factor only, so the layer can train (the pgd forms: P's fixed 1 is the other)
+    assert zero and (zero < set(params) or parametrization in ("pgd", "sparse_pgd"))
     for name, p in src.model.named_parameters():
         assert torch.equal(params[name][:, :2], p)  # the source's layers, as they were
-        assert not params[name][:, 2:].any()  # the new layers start at zero
+        # the new layers: the factor that makes them identity maps starts at zero
+        assert (not params[name][:, 2:].any()) == (name in zero)
     info = json.loads((tmp_path / "four" / "run.json").read_text())
     source_info = json.loads((tmp_path / "two" / "run.json").read_text())
     assert info["init_from"] == {
@@ -69,6 +74,32 @@ def test_a_deeper_lsa_starts_as_the_shallower_runs_function(tmp_path, parametriz
         "fingerprint": source_info["fingerprint"],
         "step": 20,
     }
+
+
+@pytest.mark.parametrize("parametrization", ["pgd", "sparse_pgd", "full", "label_row"])
+def test_the_new_layers_receive_a_gradient_and_move(tmp_path, parametrization):
+    train(cfg(1, parametrization), tmp_path / "one", progress=False)
+    grown = train(cfg(3, parametrization, steps=5, init_from="one"), tmp_path / "three", progress=False)  # fmt: skip
+    zero = grown.model.zero_when_grown()
+    for name, p in grown.model.named_parameters():
+        if name in zero:  # left zero, the new layers would never train
+            new = p[:, 1:2] if name == "B" else p[:, 1:]  # B_L never reaches the prediction
+            assert (new.flatten(2).abs().sum(-1) > 0).all(), name
+
+
+def test_a_model_with_buffers_starts_from_a_run_of_the_same_shape(tmp_path):
+    """Kernel attention keeps its value block as a buffer: only parameters are loaded."""
+    data = {
+        "seed": 1,
+        "device": "cpu",
+        "task": {"kind": "gaussian_process", "d": 3, "n": 6, "kernel": "exp"},
+        "model": {"kind": "kernel_attention", "layers": 2, "heads": ["exp"]},
+        "train": {"steps": 10, "batch_size": 64, "test_size": 128, "eval_every": 5, "lr": 0.01},
+    }
+    src = train(make_config(data), tmp_path / "src", progress=False)
+    data["train"] = {**data["train"], "steps": 0, "init_from": "src"}
+    again = train(make_config(data), tmp_path / "again", progress=False)
+    assert again.metrics[0]["test_loss"] == pytest.approx(src.metrics[-1]["test_loss"], rel=1e-6)
 
 
 def test_a_grown_run_trains_and_differs_from_a_random_start(tmp_path):
@@ -117,7 +148,7 @@ def test_a_source_it_cannot_start_from_fails_before_any_work(tmp_path, source, c
         train(cfg(3, parametrization, init_from=source), tmp_path / "run", progress=False)
     assert str(err.value).startswith("train.init_from: ") and message in str(err.value)
     assert "\n" not in str(err.value)
-    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
+    assert not (tmp_path / "run").exists()  # nothing was written
 
 
 def test_an_unfinished_source_and_a_missing_folder_are_refused(tmp_path):
@@ -165,13 +196,66 @@ def test_a_run_whose_source_failed_is_not_started(tmp_path):
     assert not (tmp_path / "grown").exists()
 
 
-def test_runs_that_start_from_each_other_are_refused(tmp_path):
+def test_runs_that_start_from_each_other_or_a_missing_run_are_refused_before_any_run(tmp_path):
+    alone = Job("alone", cfg(1), tmp_path / "alone")
+    for jobs, message in [
+        (
+            [
+                Job("a", cfg(2, init_from="b"), tmp_path / "a"),
+                Job("b", cfg(2, init_from="a"), tmp_path / "b"),
+            ],
+            "runs 'a' and 'b' start from each other",
+        ),
+        ([Job("a", cfg(2, init_from="a"), tmp_path / "a")], "run 'a' names its own folder"),
+        ([Job("a", cfg(2, init_from="gone"), tmp_path / "a")], "gone is not a completed run"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            LocalExecutor(progress=False).run([alone, *jobs])
+        assert not (tmp_path / "alone").exists()  # refused before any run
+
+
+def test_a_failed_source_blocks_its_whole_chain(tmp_path):
     jobs = [
-        Job("a", cfg(2, init_from="b"), tmp_path / "a"),
-        Job("b", cfg(2, init_from="a"), tmp_path / "b"),
+        Job("bad", cfg(2, lr=1e6), tmp_path / "bad"),
+        Job("next", cfg(3, init_from="bad"), tmp_path / "next"),
+        Job("last", cfg(4, init_from="next"), tmp_path / "last"),
     ]
-    with pytest.raises(ConfigError, match="start from each other"):
-        LocalExecutor(progress=False).run(jobs)
+    outcomes = LocalExecutor(progress=False).run(jobs)
+    assert [o.status for o in outcomes] == ["diverged", "failed", "failed"]
+    assert "run 'next' did not complete" in outcomes[2].message
+
+
+def test_a_run_whose_source_was_retrained_differently_is_not_continued(tmp_path):
+    """A started run is tied to the source it started from (its fingerprint in run.json)."""
+    train(cfg(2), tmp_path / "two", progress=False)
+    job = Job("grown", cfg(3, init_from="two"), tmp_path / "grown")
+    assert LocalExecutor(progress=False).run([job])[0].ok
+    from iclab.training.executors import is_completed
+
+    assert is_completed(job)
+    train(cfg(2, lr=0.05), tmp_path / "two", progress=False, overwrite=True)
+    assert not is_completed(job)  # its result came from the old source
+    with pytest.raises(RunFolderError, match=r"train\.init_from: .* now holds another run"):
+        train(job.config, job.run_dir, progress=False)
+    grown = train(job.config, job.run_dir, progress=False, overwrite=True)
+    assert grown.info["init_from"]["fingerprint"] == json.loads((tmp_path / "two" / "run.json").read_text())["fingerprint"]  # fmt: skip
+
+
+def test_resume_from_keeps_the_init_from_it_inherited(tmp_path):
+    train(cfg(2), tmp_path / "two", progress=False)
+
+    def stop(step: int) -> None:
+        if step == 12:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(3, init_from="two"), tmp_path / "grown", progress=False, on_step=stop)
+    # continued with another learning rate: the parent's init_from is inherited …
+    cont = train(cfg(3, init_from="two", lr=0.01), tmp_path / "cont", progress=False, resume_from=tmp_path / "grown")  # fmt: skip
+    assert cont.info["status"] == "completed" and cont.info["init_from"]["step"] == 20
+    # … and another one is refused: the run starts from its parent's checkpoint
+    with pytest.raises(ConfigError, match=r"train\.init_from: .* --resume-from"):
+        train(cfg(3, init_from="one", lr=0.01), tmp_path / "other", progress=False, resume_from=tmp_path / "grown")  # fmt: skip
 
 
 def test_the_ray_executor_starts_a_run_after_its_source(tmp_path, monkeypatch):
@@ -187,6 +271,7 @@ def test_the_ray_executor_starts_a_run_after_its_source(tmp_path, monkeypatch):
             Job("two", cfg(2), root / "two"),
             Job("bad", cfg(2, lr=1e6), root / "bad"),
             Job("after_bad", cfg(3, init_from="bad"), root / "after_bad"),
+            Job("after_after_bad", cfg(4, init_from="after_bad"), root / "after_after_bad"),
         ]
 
     LocalExecutor(threads_per_run=1, progress=False).run(jobs(tmp_path / "local"))
@@ -200,6 +285,7 @@ def test_the_ray_executor_starts_a_run_after_its_source(tmp_path, monkeypatch):
         "completed",
         "completed",
         "diverged",
+        "failed",
         "failed",
     ]
     for name in ("grown", "deeper", "two"):

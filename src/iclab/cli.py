@@ -433,7 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="continue another run (e.g. a diverged one) from its last good checkpoint into the "
         "new folder --out, with the settings given here (e.g. --set train.lr=1e-4); the new "
-        "run records DIR as its parent and DIR is left as it was",
+        "run records DIR as its parent and DIR is left as it was (to start a fresh run from a "
+        "completed run's final weights instead, e.g. a deeper LSA from a shallower one: --set "
+        "train.init_from=NAME, a path relative to --out's parent)",
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_train)

@@ -146,17 +146,30 @@ class EnsembleModel(nn.Module):
         buffers of a chunked pass); default none."""
         return 0
 
+    def zero_when_grown(self) -> set[str]:
+        """Parameters whose entries beyond a smaller source start at zero when the model grows
+        (:meth:`load_initial_state`); the others keep this model's own random initialization.
+        A model that declares :attr:`grows_along` chooses them so that the new entries leave
+        its function unchanged *and* still receive a gradient (zeroing both factors of a
+        product would leave the new layers dead). Default: every parameter."""
+        return {name for name, _ in self.named_parameters()}
+
     @torch.no_grad()
     def load_initial_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Start from another run's parameters ``state`` (``train.init_from``). A parameter of
-        the same shape is copied; one that is smaller along an axis of :attr:`grows_along` fills
-        the leading entries and the rest start at zero, which a model may declare only where
-        zero entries leave its function unchanged (so the grown model computes the source's)."""
+        """Start from another run's saved state ``state`` (``train.init_from``): its parameters
+        are loaded, its buffers (constants and counters of its own configuration) are not. A
+        parameter of the same shape is copied; one that is smaller along an axis of
+        :attr:`grows_along` fills the leading entries, and the rest start at zero for the
+        parameters of :meth:`zero_when_grown`, at this model's own initialization otherwise."""
         own = dict(self.named_parameters())
-        if set(state) != set(own):
-            diff = sorted(set(state) ^ set(own))[0]
-            raise ValueError(f"the parameters differ from this model's (first: {diff!r})")
+        buffers = {name for name, _ in self.named_buffers()}
+        missing = sorted(set(own) - set(state))
+        foreign = sorted(set(state) - set(own) - buffers)
+        if missing or foreign:
+            first = (missing or foreign)[0]
+            raise ValueError(f"the parameters differ from this model's (first: {first!r})")
         axes = set(self.grows_along.values())
+        zero = self.zero_when_grown()
         for name, p in own.items():
             src = state[name].to(device=p.device, dtype=p.dtype)
             grown = [a for a in range(p.dim()) if src.shape[a] != p.shape[a]]
@@ -167,7 +180,8 @@ class EnsembleModel(nn.Module):
                     f"parameter {name!r} has shape {tuple(src.shape)}, which cannot start this "
                     f"model's {tuple(p.shape)}"
                 )
-            p.zero_()
+            if grown and name in zero:
+                p.zero_()
             p[tuple(slice(0, k) for k in src.shape)] = src
 
     # ------------------------------------------------------------------ inspection

@@ -98,8 +98,8 @@ def _tiny_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class LinearSelfAttention(EnsembleModel):
     """An ensemble of ``E`` L-layer LSA models; see the module docstring for conventions."""
 
-    # a layer with zero weights is the identity map in every parametrization (K = 0), so a
-    # deeper model started from a shallower run's layers computes that run's function
+    # a deeper model starts from a shallower run's layers; its extra layers are identity maps
+    # (K = 0) that still receive a gradient (see zero_when_grown)
     grows_along: ClassVar[dict[str, int]] = {"layers": 1}
 
     def __init__(
@@ -130,6 +130,19 @@ class LinearSelfAttention(EnsembleModel):
     def reset_parameters(self) -> None:
         """Member e's parameters are N(0, init_std²) draws from the stream (seeds[e], 'init')."""
         init_ensemble_(self, self.seeds, self.config.init_std)
+
+    def zero_when_grown(self) -> set[str]:
+        """The factor of each new layer that makes it the identity (K = Qᵀ C Pᵀ / n = 0): ``A``
+        in the pgd forms (``P`` keeps its fixed 1, so ``A`` still gets a gradient; ``B`` is
+        zeroed too and moves once ``A`` has), ``Q`` in the full form and the query columns in
+        ``label_row``, whose other factor keeps its random initialization: zeroing both
+        factors of a product would leave the layer without a gradient."""
+        return {
+            "full": {"Q"},
+            "label_row": {"query_columns"},
+            "pgd": {"A", "B"},
+            "sparse_pgd": {"A"},
+        }[self.config.parametrization]
 
     def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The value and key-query matrices ``(P, Q)``, each (E, L, H, d+1, d+1)."""

@@ -36,7 +36,7 @@ import torch
 from iclab import registry
 from iclab.config import ConfigError, RunConfig, make_config
 from iclab.training.checkpoint import RUN_INFO, RunFolderError
-from iclab.training.initialization import init_source
+from iclab.training.initialization import check_init_source, init_source, source_changed
 from iclab.training.trainer import TrainingDiverged, train
 
 EXECUTORS = ("local", "ray")
@@ -77,9 +77,13 @@ def is_completed(job: Job) -> bool:
 
     try:
         info = json.loads((job.run_dir / RUN_INFO).read_text())
-        return info.get("status") == "completed" and load_config(job.run_dir / CONFIG) == job.config
+        done = info.get("status") == "completed" and load_config(job.run_dir / CONFIG) == job.config
     except (OSError, ValueError, AttributeError):
         return False
+    source = init_source(job.config, job.run_dir)
+    if done and source is not None and isinstance(info.get("init_from"), dict):
+        return source_changed(info["init_from"], source) is None  # else: training says why
+    return done
 
 
 def train_job(
@@ -113,16 +117,23 @@ def init_dependencies(jobs: Sequence[Job]) -> dict[int, int]:
     deps = {}
     for i, job in enumerate(jobs):
         source = init_source(job.config, job.run_dir)
-        if source is not None and source.resolve() in folders:
-            deps[i] = folders[source.resolve()]
+        if source is None:
+            continue
+        if source.resolve() not in folders:  # must be complete now: checked before any run
+            if not is_completed(job):
+                check_init_source(job.config, source, job.run_dir)
+            continue
+        deps[i] = folders[source.resolve()]
+        if deps[i] == i:
+            raise ConfigError(f"train.init_from: run {job.name!r} names its own folder")
     for i in deps:
         seen, j = {i}, i
         while j in deps:
             j = deps[j]
             if j in seen:
                 raise ConfigError(
-                    f"train.init_from: runs {jobs[i].name!r} and {jobs[j].name!r} start from "
-                    "each other; one of them must start from its random initialization"
+                    f"train.init_from: runs {jobs[i].name!r} and {jobs[deps[i]].name!r} start "
+                    "from each other; one of them must start from its random initialization"
                 )
             seen.add(j)
     return deps
@@ -171,10 +182,10 @@ class LocalExecutor(Executor):
         try:
             for i in _start_order(len(jobs), deps):
                 job = jobs[i]
-                if i in deps and not outcomes[deps[i]].ok:
-                    out = _blocked(job, outcomes[deps[i]])
-                elif is_completed(job):
+                if is_completed(job):
                     out = Outcome(job.name, "completed")
+                elif i in deps and not outcomes[deps[i]].ok:
+                    out = _blocked(job, outcomes[deps[i]])
                 else:
                     out = train_job(
                         job.config.to_dict(),
@@ -274,11 +285,10 @@ class RayExecutor(Executor):
         outcomes: dict[int, Outcome] = {}
         for i in _start_order(len(jobs), deps):
             job = jobs[i]
-            blocked = i in deps and deps[i] in outcomes and not outcomes[deps[i]].ok
-            if blocked:
-                outcomes[i] = _blocked(job, outcomes[deps[i]])
-            elif is_completed(job):
+            if is_completed(job):
                 outcomes[i] = Outcome(job.name, "completed")
+            elif i in deps and deps[i] in outcomes and not outcomes[deps[i]].ok:
+                outcomes[i] = _blocked(job, outcomes[deps[i]])
             else:
                 todo.append(i)
                 continue
@@ -320,10 +330,14 @@ class RayExecutor(Executor):
                 on_done(out)
 
         while queue or pending:
-            for i in [i for i in queue if i in deps and deps[i] in outcomes]:
-                if not outcomes[deps[i]].ok:  # its source failed: nothing to start from
-                    queue.remove(i)
-                    settle(i, _blocked(jobs[i], outcomes[deps[i]]))
+            blocked = True
+            while blocked:  # a failed source blocks its whole chain of dependents
+                blocked = False
+                for i in list(queue):
+                    if i in deps and deps[i] in outcomes and not outcomes[deps[i]].ok:
+                        queue.remove(i)
+                        settle(i, _blocked(jobs[i], outcomes[deps[i]]))
+                        blocked = True
             ready = [i for i in queue if i not in deps or deps[i] in outcomes]
             while ready and len(pending) < self.workers:
                 i = ready.pop(0)

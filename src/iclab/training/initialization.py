@@ -2,20 +2,24 @@
 
 A run may start from the final parameters of a *completed* run folder instead of its random
 initialization, e.g. a deeper LSA from a trained shallower one (progressive depth: the extra
-layers start at zero, which makes them identity maps, so training starts from the source's
+layers are identity maps that still get a gradient, see
+:meth:`~iclab.models.EnsembleModel.zero_when_grown`, so training starts from the source's
 function). The source must hold the same task, the same seeds and the same model settings,
 except the fields the model kind may grow (:attr:`~iclab.models.EnsembleModel.grows_along`) and
 its ``init_std``, which the source's weights replace. Training settings may differ.
 
 The path is relative to the run folder's parent (a sibling's name) unless absolute, so an output
 folder of runs that start from each other can move as a whole. The started run records the
-source in ``run.json`` (``init_from``: folder, configuration fingerprint and step), and its own
-checkpoints make it independent of the source once written: a resume never reads it again.
+source in ``run.json`` (``init_from``: folder, configuration fingerprint and step). Its own
+checkpoints make it independent of the source once written (a resume works without it), but a
+source folder that now holds another run (:func:`source_changed`) stops it from continuing or
+counting as complete.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +38,7 @@ def init_source(config: RunConfig, run_dir: Path | None) -> Path | None:
     if run_dir is None:
         raise ConfigError("train.init_from: needs a run folder (--out) to resolve the path against")
     path = Path(name)
-    return path if path.is_absolute() else run_dir.parent / path
+    return path if path.is_absolute() else Path(os.path.abspath(run_dir)).parent / path
 
 
 def check_init_source(config: RunConfig, source: Path, run_dir: Path) -> dict[str, Any]:
@@ -74,6 +78,25 @@ def check_init_source(config: RunConfig, source: Path, run_dir: Path) -> dict[st
             f"(model settings must match; {allowed})"
         )
     return info
+
+
+def source_changed(record: dict[str, Any], source: Path) -> str | None:
+    """Why a run started from ``source`` (``record``: its ``init_from`` entry of ``run.json``)
+    may not continue: the source folder now holds a run of another configuration than the one
+    it started from (retrained or overwritten since). None when it is the same, or gone (a run
+    never needs its source after its first checkpoint)."""
+    try:
+        info = json.loads((source / io.RUN_INFO).read_text())
+    except (OSError, ValueError):
+        return None
+    now = info.get("fingerprint") if isinstance(info, dict) else None
+    if now is None or now == record.get("fingerprint"):
+        return None
+    return (
+        f"train.init_from: {source} now holds another run (fingerprint {str(now)[:12]}) than the "
+        f"one this run started from ({str(record.get('fingerprint'))[:12]}); retrain it from "
+        "the new source with --overwrite"
+    )
 
 
 def load_init_weights(model: EnsembleModel, source: Path, info: dict[str, Any]) -> dict[str, Any]:

@@ -70,7 +70,12 @@ from iclab.training.callbacks import (
     TensorBoardLogger,
 )
 from iclab.training.checkpoint import RunFolderError
-from iclab.training.initialization import check_init_source, init_source, load_init_weights
+from iclab.training.initialization import (
+    check_init_source,
+    init_source,
+    load_init_weights,
+    source_changed,
+)
 from iclab.training.levenberg_marquardt import averaging_step, lm_iteration
 from iclab.training.memory import check_memory
 from iclab.training.optim import build_optimizer, clip_gradients, lr_factor
@@ -282,14 +287,35 @@ def train(
     check_memory(config)
     device = resolve_device(config.device)
     init = init_source(config, run_dir)
+    if init is not None and parent is not None:
+        _check_parent_init(config, parent)
     own = run_dir is not None and resume and not overwrite and (run_dir / io.CHECKPOINT).exists()
     if init is not None and run_dir is not None and parent is None and not own:
-        check_init_source(config, init, run_dir)  # a fresh start: before anything is written
+        # a fresh start: the source and its weights are checked before anything is written
+        info = check_init_source(config, init, run_dir)
+        load_init_weights(
+            build_model(config, torch.device("cpu"), resolve_dtype(config.dtype)), init, info
+        )
     with contextlib.ExitStack() as held:
         if run_dir is not None:
             held.enter_context(FolderLock(run_dir))
         precision = held.enter_context(matmul_precision(config.precision, device))
         return _train(config, run_dir, resume, overwrite, hooks, parent, precision, init)
+
+
+def _check_parent_init(config: RunConfig, parent: Path) -> None:
+    """``--resume-from`` continues the parent's checkpoint, so a ``train.init_from`` can only be
+    the one the parent itself started from (inherited with its configuration)."""
+    try:
+        theirs = load_config(parent / io.CONFIG).train.init_from
+    except ConfigError:
+        theirs = None
+    if theirs != config.train.init_from:
+        raise ConfigError(
+            f"train.init_from: {config.train.init_from!r} cannot start a run continued with "
+            f"--resume-from, which starts from its parent's checkpoint (the parent's value: "
+            f"{theirs!r}); set train.init_from={'null' if theirs is None else theirs}"
+        )
 
 
 def _train(
@@ -343,6 +369,10 @@ def _train(
             damping = tensors["polish.damping"].to(device, torch.float64)
         lineage = meta.get("parent") or {}
         started_from = meta.get("init_from") or {}
+        if started_from and init is not None and not continued:
+            changed = source_changed(started_from, init)
+            if changed:
+                raise RunFolderError(changed)
         if continued:
             lineage = {
                 "run_dir": str(source.parent.resolve()),
