@@ -211,3 +211,21 @@ def test_cli_dry_run_lists_the_runs_and_writes_nothing(tmp_path, capsys):
     text = capsys.readouterr().out
     assert ": completed, 30 steps" in text and ": to train, 30 steps" in text
     assert "2 runs, 1 completed" in text
+
+
+def test_a_sweep_grows_from_a_completed_run_and_refuses_a_missing_one(tmp_path):
+    """``train.init_from`` in a sweep: every point starts from one trained run (progressive
+    depth); a missing source is refused before the sweep folder is written."""
+    base = run_sweep(load_sweep(write_grid(tmp_path, {"model.layers": [1]})), tmp_path / "one")
+    source = (tmp_path / "one" / "runs" / base[0]["run"]).resolve()
+    grid = write_grid(tmp_path, {"model.layers": [2, 3]}, **{"train.init_from": str(source)})
+    rows = run_sweep(load_sweep(grid), tmp_path / "grown", LocalExecutor(progress=False))
+    for row in rows:
+        info = json.loads((tmp_path / "grown" / "runs" / row["run"] / "run.json").read_text())
+        assert row["status"] == "completed" and info["init_from"]["run_dir"] == str(source)
+    missing = write_grid(
+        tmp_path, {"model.layers": [2]}, **{"train.init_from": str(tmp_path / "no")}
+    )
+    with pytest.raises(ConfigError, match=r"train\.init_from: .* is not a completed run"):
+        run_sweep(load_sweep(missing), tmp_path / "never")
+    assert not (tmp_path / "never").exists()

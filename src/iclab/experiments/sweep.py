@@ -46,7 +46,7 @@ from iclab.config import (
 )
 from iclab.experiments.experiment import configure_dict
 from iclab.training.checkpoint import METRICS, RUN_INFO, RunFolderError, read_metrics
-from iclab.training.executors import Executor, Job, LocalExecutor, Outcome
+from iclab.training.executors import Executor, Job, LocalExecutor, Outcome, init_dependencies
 from iclab.training.memory import check_memory
 from iclab.training.run_folder import FolderLock, check_out_folder, fingerprint
 from iclab.validation import STRICT_CONFIG
@@ -207,12 +207,14 @@ def run_sweep(
     """Expand, validate, train (skipping completed runs), then write results.csv and the figure.
     Returns the results rows."""
     points = expand(spec)  # every point valid before the folder is touched
+    runs = Path(out) / RUNS
+    jobs = [Job(p.name, p.config, runs / p.name) for p in points]
+    init_dependencies(jobs)  # train.init_from: sources and cycles, likewise
     out = check_out_folder(out, "sweep", (SWEEP_FILE, RUNS))
     executor = executor or LocalExecutor()
     keys = list(spec.grid)
     with FolderLock(out):
         atomic_write_text(out / SWEEP_FILE, _spec_yaml(spec))
-        runs = out / RUNS
         by_name = {p.name: p for p in points}
         table: dict[str, dict[str, Any]] = {p.name: _pending_row(p) for p in points}
 
@@ -222,7 +224,6 @@ def run_sweep(
             if on_done is not None:
                 on_done(outcome)
 
-        jobs = [Job(p.name, p.config, runs / p.name) for p in points]
         executor.run(jobs, done)
         rows = list(table.values())
         write_results(out / RESULTS, keys, rows)
