@@ -99,6 +99,16 @@ def restore_optimizer(
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    """A run folder's ``run.json`` as a dict; empty when it is missing or unreadable (a run that
+    never started, or a damaged view that its next training rewrites)."""
+    try:
+        info = json.loads((run_dir / RUN_INFO).read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The records of a metrics file; a line that is not a JSON record is an error naming the
     file and line (the checkpoint holds the authoritative copy: see the trainer)."""

@@ -35,7 +35,7 @@ import torch
 
 from iclab import registry
 from iclab.config import ConfigError, RunConfig, make_config
-from iclab.training.checkpoint import RUN_INFO, RunFolderError
+from iclab.training.checkpoint import RunFolderError, read_run_info
 from iclab.training.initialization import check_init_source, init_source, source_changed
 from iclab.training.trainer import TrainingDiverged, train
 
@@ -70,15 +70,13 @@ class Outcome:
 def is_completed(job: Job) -> bool:
     """Whether ``job.run_dir`` already holds this configuration's completed run (nothing to do).
     A folder written by another configuration is not: training it reports the conflict."""
-    import json
-
     from iclab.config import load_config
     from iclab.training.checkpoint import CONFIG
 
+    info = read_run_info(job.run_dir)
     try:
-        info = json.loads((job.run_dir / RUN_INFO).read_text())
         done = info.get("status") == "completed" and load_config(job.run_dir / CONFIG) == job.config
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError):
         return False
     source = init_source(job.config, job.run_dir)
     if done and source is not None and isinstance(info.get("init_from"), dict):

@@ -18,10 +18,12 @@ counting as complete.
 
 from __future__ import annotations
 
-import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from iclab import registry
 from iclab.config import ConfigError, RunConfig, load_config
@@ -47,11 +49,8 @@ def check_init_source(config: RunConfig, source: Path, run_dir: Path) -> dict[st
     where = f"train.init_from: {source}"
     if source.resolve() == run_dir.resolve():
         raise ConfigError(f"{where} is this run's own folder; name another run")
-    try:
-        info = json.loads((source / io.RUN_INFO).read_text())
-    except (OSError, ValueError):
-        info = None
-    if not isinstance(info, dict) or info.get("status") != "completed":
+    info = io.read_run_info(source)
+    if info.get("status") != "completed":
         raise ConfigError(f"{where} is not a completed run (train it first)")
     if not (source / io.MODEL).is_file():
         raise ConfigError(f"{where} has no final weights ({io.MODEL})")
@@ -85,11 +84,7 @@ def source_changed(record: dict[str, Any], source: Path) -> str | None:
     may not continue: the source folder now holds a run of another configuration than the one
     it started from (retrained or overwritten since). None when it is the same, or gone (a run
     never needs its source after its first checkpoint)."""
-    try:
-        info = json.loads((source / io.RUN_INFO).read_text())
-    except (OSError, ValueError):
-        return None
-    now = info.get("fingerprint") if isinstance(info, dict) else None
+    now = io.read_run_info(source).get("fingerprint")
     if now is None or now == record.get("fingerprint"):
         return None
     return (
@@ -99,15 +94,31 @@ def source_changed(record: dict[str, Any], source: Path) -> str | None:
     )
 
 
-def load_init_weights(model: EnsembleModel, source: Path, info: dict[str, Any]) -> dict[str, Any]:
-    """Load the source's final weights into ``model``; the record ``run.json`` keeps."""
+@dataclass(frozen=True)
+class InitState:
+    """A checked source's final weights and the record ``run.json`` keeps of it."""
+
+    source: Path
+    tensors: dict[str, torch.Tensor]
+    record: dict[str, Any]
+
+
+def read_init_source(config: RunConfig, source: Path, run_dir: Path) -> InitState:
+    """Check ``source`` (:func:`check_init_source`) and read its final weights, once."""
+    info = check_init_source(config, source, run_dir)
     tensors, meta = io.load_tensors(source / io.MODEL)
-    try:
-        model.load_initial_state(tensors)
-    except ValueError as err:
-        raise ConfigError(f"train.init_from: {source}: {err}") from None
-    return {
+    record = {
         "run_dir": str(source.resolve()),
         "fingerprint": info.get("fingerprint"),
         "step": meta.get("step"),
     }
+    return InitState(source, tensors, record)
+
+
+def load_init_weights(model: EnsembleModel, state: InitState) -> None:
+    """Load the source's weights into ``model`` (a :class:`ConfigError` naming the field when
+    they cannot start it)."""
+    try:
+        model.load_initial_state(state.tensors)
+    except ValueError as err:
+        raise ConfigError(f"train.init_from: {state.source}: {err}") from None

@@ -71,9 +71,10 @@ from iclab.training.callbacks import (
 )
 from iclab.training.checkpoint import RunFolderError
 from iclab.training.initialization import (
-    check_init_source,
+    InitState,
     init_source,
     load_init_weights,
+    read_init_source,
     source_changed,
 )
 from iclab.training.levenberg_marquardt import averaging_step, lm_iteration
@@ -290,17 +291,20 @@ def train(
     if init is not None and parent is not None:
         _check_parent_init(config, parent)
     own = run_dir is not None and resume and not overwrite and (run_dir / io.CHECKPOINT).exists()
+    start_state = None
     if init is not None and run_dir is not None and parent is None and not own:
         # a fresh start: the source and its weights are checked before anything is written
-        info = check_init_source(config, init, run_dir)
+        start_state = read_init_source(config, init, run_dir)
         load_init_weights(
-            build_model(config, torch.device("cpu"), resolve_dtype(config.dtype)), init, info
+            build_model(config, torch.device("cpu"), resolve_dtype(config.dtype)), start_state
         )
     with contextlib.ExitStack() as held:
         if run_dir is not None:
             held.enter_context(FolderLock(run_dir))
         precision = held.enter_context(matmul_precision(config.precision, device))
-        return _train(config, run_dir, resume, overwrite, hooks, parent, precision, init)
+        return _train(
+            config, run_dir, resume, overwrite, hooks, parent, precision, init, start_state
+        )
 
 
 def _check_parent_init(config: RunConfig, parent: Path) -> None:
@@ -327,9 +331,11 @@ def _train(
     parent: Path | None,
     precision: str,
     init: Path | None = None,
+    start_state: InitState | None = None,
 ) -> TrainResult:
     """``precision``: what :func:`matmul_precision` put into effect, recorded in ``run.json``;
-    ``init``: the checked ``train.init_from`` folder whose weights start a fresh run."""
+    ``init``: the ``train.init_from`` folder, and ``start_state`` its weights as :func:`train`
+    checked and read them (read here if a fresh start was not expected there)."""
     tcfg = config.train
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
@@ -380,7 +386,9 @@ def _train(
                 "fingerprint": meta.get("fingerprint"),
             }
     elif init is not None and run_dir is not None:  # a fresh start (a resume never reads it)
-        started_from = load_init_weights(model, init, check_init_source(config, init, run_dir))
+        start_state = start_state or read_init_source(config, init, run_dir)
+        load_init_weights(model, start_state)
+        started_from = start_state.record
     if run_dir is not None and start >= total and (run_dir / io.RUN_INFO).exists():
         # already complete: report it as it was, only repairing damaged views
         try:
