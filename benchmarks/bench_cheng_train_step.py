@@ -8,9 +8,12 @@ backward and Adam update on a fixed, pre-sampled batch. Rows:
   masked (n+1)×(n+1) scores, one model + optimizer per seed looped in Python), 1 and 3 seeds;
 - ``iclab before``: ``KernelAttention``'s label stream in plain autograd (per-layer batched
   products over the whole batch; the implementation before the hand-derived backward);
-- ``iclab``: the trainer's objective ``KernelAttention.loss_prepared``: one chunked pass with
-  prompts on the last axis computes the loss and, chunk by chunk, its gradient
-  (:mod:`iclab.models.kernel_label_stream`); 1 seed and 3 seeds in one program.
+- ``iclab torch pass``: the trainer's objective in torch: one chunked pass with prompts on the
+  last axis computes the loss and, chunk by chunk, its gradient
+  (:mod:`iclab.models.kernel_label_stream`, ``ICLAB_COMPILED_KERNELS=0``);
+- ``iclab``: the trainer's objective ``KernelAttention.loss_prepared`` as it runs by default on
+  a CPU: the same pass compiled from C (:mod:`iclab.models.compiled_label_stream`; the
+  torch pass where no C compiler is found). 1 seed and 3 seeds in one program.
 
 The table gives ms per step, ms per seed-step, seed-steps per second and the speed-up over the
 naive loop with the same seeds and heads (naive ms / row ms). Times are medians over --repeats steps after warm-up
@@ -28,6 +31,7 @@ default) verifies in float64 on a small batch that the naive model computes the 
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 from naive_kernel_attention import ACTIVATIONS, NaiveKernelAttention
@@ -36,7 +40,7 @@ from timing import time_steps
 
 from iclab.config import make_config
 from iclab.device import resolve_device
-from iclab.models import mse_per_member
+from iclab.models import compiled_label_stream, mse_per_member
 from iclab.models.kernel_attention import KernelAttention, KernelAttentionConfig
 from iclab.seeding import make_generator
 from iclab.training.optim import build_optimizer
@@ -58,9 +62,21 @@ def _config(seeds: int, heads: list[str], args, device) -> object:
     )
 
 
-def bench_iclab(seeds: int, heads: list[str], args, device, before: bool = False) -> float:
-    """The trainer's step: ``loss_prepared`` (now the fused chunked pass), backward, Adam.
-    ``before``: the label stream in plain autograd, as before the hand-derived backward."""
+def bench_iclab(seeds: int, heads: list[str], args, device, mode: str = "default") -> float:
+    """The trainer's step: ``loss_prepared``, backward, Adam. ``mode``: ``default`` (the
+    compiled pass on a CPU), ``torch`` (the torch pass), ``before`` (the label stream in
+    plain autograd, as before the hand-derived backward)."""
+    if mode == "torch":
+        saved = os.environ.get("ICLAB_COMPILED_KERNELS")
+        os.environ["ICLAB_COMPILED_KERNELS"] = "0"
+        try:
+            return bench_iclab(seeds, heads, args, device)
+        finally:
+            if saved is None:
+                del os.environ["ICLAB_COMPILED_KERNELS"]
+            else:
+                os.environ["ICLAB_COMPILED_KERNELS"] = saved
+    before = mode == "before"
     cfg = _config(seeds, heads, args, device)
     task = build_task(cfg, device, torch.float32)
     model = build_model(cfg, device, torch.float32)
@@ -191,6 +207,8 @@ def main() -> None:
         f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
         f"d={args.d} n={args.n} L={args.layers} batch={args.batch}, GP kernel exp, Adam lr 0.01"
     )
+    compiled = device.type == "cpu" and compiled_label_stream.library() is not None
+    print(f"iclab row: {'compiled C pass' if compiled else 'torch pass (no compiled pass here)'}")
 
     if args.check:
         specs = [*args.heads, list(ACTIVATIONS)]
@@ -212,11 +230,12 @@ def main() -> None:
                 naive[seeds] = bench_naive(seeds, heads, args, device)
                 rows.append((f"naive {tag}", seeds, naive[seeds], None))
         for seeds in SEEDS:
-            t = bench_iclab(seeds, heads, args, device, before=True)
-            rows.append((f"iclab before {tag}", seeds, t, naive))
-            rows.append((f"iclab {tag}", seeds, bench_iclab(seeds, heads, args, device), naive))
+            for mode, label in [("before", "iclab before"), ("torch", "iclab torch pass"),
+                                ("default", "iclab")]:  # fmt: skip
+                t = bench_iclab(seeds, heads, args, device, mode)
+                rows.append((f"{label} {tag}", seeds, t, naive))
     print(
-        f"{'implementation':28s} {'seeds':>5s} {'ms/step':>9s} {'ms/seed-step':>13s} "
+        f"{'implementation':32s} {'seeds':>5s} {'ms/step':>9s} {'ms/seed-step':>13s} "
         f"{'seed-steps/s':>13s} {'speed-up':>9s}"
     )
     for label, seeds, t, naive in rows:
@@ -224,7 +243,7 @@ def main() -> None:
         ref = naive.get(seeds) if naive else None
         speed = f"{ref / t:8.1f}x" if ref else "       —"
         print(
-            f"{label:28s} {seeds:5d} {t * 1e3:9.1f} {per_seed * 1e3:13.1f} "
+            f"{label:32s} {seeds:5d} {t * 1e3:9.1f} {per_seed * 1e3:13.1f} "
             f"{1 / per_seed:13.1f} {speed}"
         )
 

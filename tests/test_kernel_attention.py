@@ -13,6 +13,7 @@ from iclab.algorithms.kernel_methods import (
     functional_gd,
     tune_functional_gd_steps,
 )
+from iclab.models import compiled_label_stream
 from iclab.models.kernel_attention import KernelAttention, KernelAttentionConfig
 from iclab.tasks.gaussian_process import GaussianProcessConfig, GaussianProcessTask
 from iclab.theory.gaussian_process.functional_gd import functional_gd_weights, gp_posterior_mean
@@ -278,6 +279,15 @@ def test_matched_activation_approaches_bayes_and_mismatched_is_worse():
     assert errs["exp"].mean().item() > 2 * bayes_loss
 
 
+def _use_label_pass(label_pass: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make loss_prepared run the compiled fused pass or the torch one."""
+    if label_pass == "torch":
+        monkeypatch.setenv("ICLAB_COMPILED_KERNELS", "0")
+    elif compiled_label_stream.library() is None:
+        pytest.skip("no C compiler: the compiled label stream cannot be built here")
+    assert compiled_label_stream.supports(torch.zeros(1)) == (label_pass == "compiled")
+
+
 @pytest.mark.parametrize(
     "heads",
     [
@@ -293,10 +303,14 @@ def test_matched_activation_approaches_bayes_and_mismatched_is_worse():
 )
 @pytest.mark.parametrize("layers, d, n, size", [(1, 3, 4, 5), (3, 4, 6, 37), (5, 5, 8, 19)])
 @pytest.mark.parametrize("chunk", [None, 4])
-def test_chunked_label_stream_and_fused_loss_equal_autograd(heads, layers, d, n, size, chunk):
-    """The hand-derived backward (predict_tokens) and the fused loss (loss_prepared) against
-    the label stream in plain autograd: values and gradients in float64, whole batch and
-    chunks of 4 prompts (which leaves a partial last chunk)."""
+@pytest.mark.parametrize("label_pass", ["compiled", "torch"])
+def test_chunked_label_stream_and_fused_loss_equal_autograd(
+    heads, layers, d, n, size, chunk, label_pass, monkeypatch
+):
+    """The hand-derived backward (predict_tokens) and the fused loss (loss_prepared), in C
+    and in torch, against the label stream in plain autograd: values and gradients in
+    float64, whole batch and chunks of 4 prompts (which leaves a partial last chunk)."""
+    _use_label_pass(label_pass, monkeypatch)
     seeds = [0, 1, 2]
     cfg = KernelAttentionConfig(layers=layers, heads=heads, init_std=0.4)
     model = KernelAttention(d, cfg, seeds, dtype=torch.float64)
@@ -329,9 +343,12 @@ def test_chunked_label_stream_and_fused_loss_equal_autograd(heads, layers, d, n,
         torch.testing.assert_close(f, ref, rtol=1e-10, atol=1e-12 * ref.abs().max().item())
 
 
-def test_fused_loss_is_the_trainer_objective_and_raises_on_overflow():
+@pytest.mark.parametrize("label_pass", ["compiled", "torch"])
+def test_fused_loss_is_the_trainer_objective_and_raises_on_overflow(label_pass, monkeypatch):
     """loss_prepared equals the MSE of predict_prepared, without gradients too, and an exp
-    overflow raises FloatingPointError from the fused pass as from the prediction."""
+    overflow raises FloatingPointError from the fused pass (C or torch) as from the
+    prediction."""
+    _use_label_pass(label_pass, monkeypatch)
     b = _batch(d=3, n=5, size=6)
     model = KernelAttention(3, KernelAttentionConfig(layers=2, heads=["exp"], init_std=0.3), [0, 1],
                             dtype=torch.float64)  # fmt: skip
@@ -348,10 +365,13 @@ def test_fused_loss_is_the_trainer_objective_and_raises_on_overflow():
 
 
 @pytest.mark.parametrize("heads", [["exp"], ["linear", "relu", "exp", "softmax"]])
-def test_fused_loss_reuses_its_buffers_across_calls_exactly(heads):
+@pytest.mark.parametrize("label_pass", ["compiled", "torch"])
+def test_fused_loss_reuses_its_buffers_across_calls_exactly(heads, label_pass, monkeypatch):
     """On a CPU the fused pass keeps its scratch buffers (and views of them) for the next call
     with the same shapes: repeated calls with new prompts and new weights, and a call with
-    other shapes in between, still give the autograd loss and gradients (float64)."""
+    other shapes in between, still give the autograd loss and gradients (float64); so does
+    the compiled pass, which keeps nothing between calls."""
+    _use_label_pass(label_pass, monkeypatch)
     d, n, size = 4, 5, 23
     cfg = KernelAttentionConfig(layers=3, heads=heads, init_std=0.4)
     model = KernelAttention(d, cfg, [0, 1], dtype=torch.float64)

@@ -127,6 +127,11 @@ class EnsembleModel(nn.Module):
         """Per-member diagnostics logged with every evaluation (default: none)."""
         return {}
 
+    def implementation(self) -> dict[str, str]:
+        """Which of several exact implementations of the objective this model runs here (they
+        agree to rounding, not bit for bit), recorded in ``run.json`` (default: none)."""
+        return {}
+
     @classmethod
     def check_task(cls, config: Any, task: Any) -> None:
         """Raise ValueError (naming the field) if this model cannot read the task's prompts;

@@ -53,6 +53,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from iclab.batches import PromptBatch
+from iclab.models import compiled_label_stream
 from iclab.models.ensemble import TokenRowModel, init_ensemble_
 from iclab.models.kernel_label_stream import label_stream, label_stream_mse
 from iclab.registry import register_model
@@ -235,6 +236,14 @@ class KernelAttention(TokenRowModel):
         if bool(overflow):
             raise self._overflow_from(state)
         return loss
+
+    def implementation(self) -> dict[str, str]:
+        if self.config.train_value_block:
+            return {"objective": "autograd"}
+        compiled = compiled_label_stream.supports(
+            torch.empty(0, device=self.device, dtype=self.Q.dtype)
+        )
+        return {"objective": "compiled C label stream" if compiled else "torch label stream"}
 
     def _stream_weights(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``M = Kᵀ Q`` (E, L, H, d, d), so that s(m, j) = x_mᵀ M x_j, and the per-head steps

@@ -53,6 +53,8 @@ from typing import Any
 
 import torch
 
+from iclab.models import compiled_label_stream
+
 __all__ = ["CPU_CHUNK", "label_stream", "label_stream_mse"]
 
 CPU_CHUNK = 4096
@@ -142,6 +144,7 @@ def label_stream_mse(
     heads: Sequence[str],
     sign: float,
     chunk: int | None = None,
+    compiled: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean squared error per member (E,) of the predictions ``sign · q_L`` against
     ``target`` (E, B), and the overflow flag; arguments as :func:`label_stream`.
@@ -150,13 +153,24 @@ def label_stream_mse(
     seeded with ``∂loss/∂q_L = 2 sign (sign q_L − target) / B``, while its scores are still in
     cache (kept in one scratch buffer, so nothing is recomputed). The backward only scales
     the gradients so found by ``∂ℒ/∂loss`` (one number per member).
+
+    ``compiled``: run the pass in C (:mod:`iclab.models.compiled_label_stream`; CPU, float32
+    or float64). Default: where it is available and no ``chunk`` is given; ``False``: this
+    module's torch pass; ``True``: the compiled pass or an error.
     """
     E, B = x.shape[:2]
+    if compiled is None:
+        compiled = chunk is None and compiled_label_stream.supports(x)
+    elif compiled and not compiled_label_stream.supports(x):
+        raise RuntimeError(
+            "label_stream_mse: the compiled pass takes float32 or float64 CPU tensors and a "
+            "C compiler (see iclab.models.compiled_label_stream)"
+        )
     if chunk is None:
         chunk = max(1, CPU_CHUNK // E) if x.device.type == "cpu" else B
     keep = torch.is_grad_enabled() and (M.requires_grad or c.requires_grad)
     return _LabelStreamMSE.apply(
-        x, r, q, target, M, c, tuple(heads), float(sign), max(1, chunk), keep
+        x, r, q, target, M, c, tuple(heads), float(sign), max(1, chunk), keep, compiled
     )
 
 
@@ -174,7 +188,16 @@ class _LabelStreamMSE(torch.autograd.Function):
         sign: float,
         chunk: int,
         keep: bool,
+        compiled: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if compiled:
+            loss, grad_M, grad_c, flag = compiled_label_stream.label_stream_mse(
+                x, r, q, target, M, c, heads, sign, keep
+            )
+            ctx.grads = (grad_M, grad_c) if keep else None
+            overflow = torch.tensor(flag, device=x.device)
+            ctx.mark_non_differentiable(overflow)
+            return loss, overflow
         E, B = x.shape[:2]
         loss = x.new_zeros(E)
         overflow = torch.zeros((), dtype=torch.bool, device=x.device)
@@ -209,6 +232,7 @@ class _LabelStreamMSE(torch.autograd.Function):
             None,
             grad_M * grad_loss.view(E, 1, 1, 1, 1),
             grad_c * grad_loss.view(E, 1, 1),
+            None,
             None,
             None,
             None,

@@ -1,0 +1,189 @@
+"""The compiled (C) fused label-stream pass: the same loss and gradients as the torch pass,
+independent of the thread count, built once per machine into a cache, and a clean fallback to
+the torch pass where it cannot be built."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from iclab.models import compiled_label_stream as compiled
+from iclab.models.kernel_label_stream import label_stream_mse
+
+HEADS = [("exp",), ("relu",), ("softmax",), ("linear",), ("linear", "relu", "exp", "softmax")]
+
+
+def _inputs(E: int, B: int, n: int, d: int, L: int, H: int, dtype, seed: int = 0):
+    """Covariates and label slots as strided views of one token tensor (as the model passes
+    them), targets, and weights that need a gradient."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(E, B, n + 1, d + 1, generator=gen, dtype=dtype)
+    target = torch.randn(E, B, generator=gen, dtype=dtype)
+    M = (0.3 * torch.randn(E, L, H, d, d, generator=gen, dtype=dtype)).requires_grad_()
+    c = (0.4 * torch.randn(E, L, H, generator=gen, dtype=dtype)).requires_grad_()
+    return tokens[..., :d], tokens[..., :n, d], tokens[..., n, d], target, M, c
+
+
+def _run(x, r, q, target, M, c, heads, sign, use_compiled):
+    loss, overflow = label_stream_mse(x, r, q, target, M, c, heads, sign, compiled=use_compiled)
+    weights = torch.linspace(0.5, 1.5, loss.shape[0], dtype=loss.dtype)
+    grads = torch.autograd.grad((loss * weights).sum(), [M, c])
+    return loss, *grads, bool(overflow)
+
+
+@pytest.fixture
+def built():
+    if compiled.library() is None:
+        pytest.skip("no C compiler: the compiled label stream cannot be built here")
+
+
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("E, B", [(1, 7), (3, 2 * compiled.UNIT + 37)])
+def test_compiled_pass_equals_torch_pass_float64(built, heads, E, B):
+    """Loss and gradients (several units of prompts, a partial last block) against the
+    torch pass, in float64, to rounding."""
+    args = _inputs(E, B, n=6, d=4, L=3, H=len(heads), dtype=torch.float64)
+    got = _run(*args, heads, -1.0, True)
+    ref = _run(*args, heads, -1.0, False)
+    for g, f in zip(got[:3], ref[:3]):
+        assert f.abs().max() > 0
+        torch.testing.assert_close(g, f, rtol=1e-11, atol=1e-13 * f.abs().max().item())
+    assert got[3] is ref[3] is False
+
+
+@pytest.mark.parametrize("heads", [("exp",), ("linear", "relu", "exp", "softmax")])
+def test_compiled_pass_float32_is_within_rounding(built, heads):
+    """float32 (the training precision): within a few float32 roundings of the float64 pass
+    on the same numbers (the C pass computes exp with its own polynomial)."""
+    x, r, q, target, M, c = _inputs(2, 300, n=8, d=5, L=7, H=len(heads), dtype=torch.float32)
+    with torch.no_grad():  # trained-model scale: seven layers of the test's weights explode
+        M.mul_(0.5)
+        c.mul_(0.05)
+    args = (x, r, q, target, M, c)
+    got = _run(*args, heads, 1.0, True)
+    wide = [t.detach().double().requires_grad_(t.requires_grad) for t in args]
+    ref = _run(*wide, heads, 1.0, False)
+    for g, f in zip(got[:3], ref[:3]):
+        assert 0 < f.abs().max() < 1e5  # finite and not vacuous
+        torch.testing.assert_close(g.double(), f, rtol=2e-5, atol=2e-6 * f.abs().max().item())
+
+
+def _one_exp_prompt(s: float, r: float, dtype) -> tuple[float, bool]:
+    """One prompt, one context token with covariate 1, query covariate s, M = 1, one layer,
+    one exp head with c = 1: the prediction is exp(s)·r; returns |prediction − 1| and the
+    overflow flag."""
+    x = torch.tensor([[[[1.0], [s]]]], dtype=dtype)  # (E, B, N, d): context 1, query s
+    one = torch.ones(1, 1, 1, 1, 1, dtype=dtype)
+    loss, overflow = label_stream_mse(
+        x, torch.tensor([[[r]]], dtype=dtype), torch.zeros(1, 1, dtype=dtype),
+        torch.ones(1, 1, dtype=dtype), one, one[0, 0], ("exp",), 1.0, compiled=True,
+    )  # fmt: skip
+    return loss.sqrt().item(), bool(overflow)
+
+
+@pytest.mark.parametrize("dtype, span, ulps", [(torch.float32, 85.0, 4), (torch.float64, 700.0, 4)])
+def test_exp_of_the_compiled_pass_matches_torch_over_its_range(built, dtype, span, ulps):
+    """The C pass computes exp with its own polynomial: exp(s)·exp(−s) (torch's) is 1 to a few
+    ulps from near underflow to near overflow; past the top the exp head overflows and the
+    flag says so."""
+    eps = torch.finfo(dtype).eps
+    for s in torch.linspace(-span, span, 101, dtype=torch.float64).tolist():
+        err, overflow = _one_exp_prompt(s, torch.exp(torch.tensor(-s, dtype=dtype)).item(), dtype)
+        assert err <= ulps * eps, (s, err)
+        assert not overflow
+    top = 100.0 if dtype == torch.float32 else 720.0
+    assert _one_exp_prompt(top, 1.0, dtype)[1] is True
+    assert _one_exp_prompt(float("nan"), 1.0, dtype)[1] is True
+
+
+def test_compiled_pass_does_not_depend_on_the_thread_count(built):
+    """Fixed units with their own float64 partial sums, added in unit order: one thread and
+    two give bitwise the same loss and gradients."""
+    args = _inputs(2, 3 * compiled.UNIT + 5, n=5, d=3, L=2, H=2, dtype=torch.float32)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _run(*args, ("exp", "linear"), 1.0, True)
+        torch.set_num_threads(2)
+        two = _run(*args, ("exp", "linear"), 1.0, True)
+    finally:
+        torch.set_num_threads(saved)
+    for a, b in zip(one[:3], two[:3]):
+        assert torch.equal(a, b)
+
+
+def test_compiled_pass_reports_exp_overflow(built):
+    """An exp head whose scores overflow float32 raises the overflow flag (not a NaN loss
+    passed on silently); the same weights at a tenth of the scale do not."""
+    x, r, q, target, M, c = _inputs(1, 40, n=4, d=3, L=1, H=1, dtype=torch.float32)
+    with torch.no_grad():
+        M.copy_(30 * torch.eye(3))
+    assert _run(x, r, q, target, M, c, ("exp",), 1.0, True)[3] is True
+    with torch.no_grad():
+        M.copy_(torch.eye(3))
+    assert _run(x, r, q, target, M, c, ("exp",), 1.0, True)[3] is False
+
+
+def test_library_is_built_once_into_the_cache(tmp_path, monkeypatch):
+    """A fresh process state builds the library into $ICLAB_CACHE_DIR; a second one loads the
+    same file without compiling again."""
+    monkeypatch.setenv("ICLAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(compiled, "_state", {})
+    if compiled.library() is None:
+        pytest.skip("no C compiler: the compiled label stream cannot be built here")
+    built_files = list((tmp_path / "kernels").glob("label_stream_*.so"))
+    assert len(built_files) == 1
+    stamp = built_files[0].stat().st_mtime_ns
+    monkeypatch.setattr(compiled, "_state", {})
+    assert compiled.library() is not None
+    assert [p.stat().st_mtime_ns for p in (tmp_path / "kernels").glob("*.so")] == [stamp]
+    assert not list((tmp_path / "kernels").glob("tmp*"))  # no half-written library left
+
+
+def test_without_a_compiler_the_torch_pass_runs_after_one_warning(tmp_path, monkeypatch):
+    """No working compiler: one RuntimeWarning, then label_stream_mse runs the torch pass
+    (the same numbers), and asking for the compiled pass is a clear error."""
+    monkeypatch.setenv("ICLAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(compiled, "_state", {})
+    args = _inputs(1, 9, n=3, d=2, L=2, H=1, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="could not be built"):
+        assert compiled.library() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only
+        got = _run(*args, ("exp",), 1.0, None)
+    ref = _run(*args, ("exp",), 1.0, False)
+    for a, b in zip(got[:3], ref[:3]):
+        assert torch.equal(a, b)
+    with pytest.raises(RuntimeError, match="compiled pass takes"):
+        _run(*args, ("exp",), 1.0, True)
+
+
+def test_switched_off_by_environment(monkeypatch):
+    monkeypatch.setenv("ICLAB_COMPILED_KERNELS", "0")
+    assert compiled.library() is None
+    assert not compiled.supports(torch.zeros(1))
+
+
+@pytest.mark.parametrize("switch", ["1", "0"])
+def test_run_json_records_which_pass_trained_the_run(tmp_path, monkeypatch, switch):
+    """The two passes agree to rounding, not bit for bit: run.json says which one ran."""
+    from iclab.config import make_config
+    from iclab.training.trainer import train
+
+    monkeypatch.setenv("ICLAB_COMPILED_KERNELS", switch)
+    cfg = make_config(
+        {
+            "task": {"kind": "gaussian_process", "d": 2, "n": 4},
+            "model": {"kind": "kernel_attention", "heads": ["exp"], "layers": 2},
+            "train": {"steps": 3, "batch_size": 16, "test_size": 16, "eval_every": 3},
+        }
+    )
+    train(cfg, tmp_path / "run", progress=False)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    on = switch == "1" and compiled.library() is not None
+    expected = "compiled C label stream" if on else "torch label stream"
+    assert info["implementation"] == {"objective": expected}
