@@ -28,8 +28,10 @@ token-level layer loop (every residual stream, and the only path when B is train
 agree to round-off (tested in float64). The label stream runs in
 :mod:`iclab.models.kernel_label_stream`: prompts on the last axis, chunked, with a hand-derived
 backward; :meth:`KernelAttention.loss_prepared` (the trainer's objective) computes the MSE and
-its gradient in the same chunked pass. ``_label_stream_autograd`` is the same recursion in
-plain autograd, used when the tokens need a gradient (input sensitivities).
+its gradient in the same chunked pass — on a CPU by default the same pass compiled from C
+(:mod:`iclab.models.compiled_label_stream`, about 4× faster; ``run.json`` records which ran).
+``_label_stream_autograd`` is the same recursion in plain autograd, used when the tokens need
+a gradient (input sensitivities).
 
 Overflow: ``exp`` is evaluated in the working dtype with no rescaling; if any ``exp`` weight is
 non-finite the forward raises ``FloatingPointError`` naming the largest logit (rescaling the

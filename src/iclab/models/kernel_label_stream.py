@@ -41,6 +41,11 @@ extended by a row of ones: ``T[:, j] = Σ_m (x_m ⊕ 1) γ_m D'_mj`` (``D' = A``
 and, for exp, ``(Aᵀγ)_j`` in the last; ``∂ℒ/∂M_ℓh = Σ_{prompts, j} T[:d, j] x_jᵀ`` is then one
 GEMM for all layers and heads at the end of the chunk.
 
+On a CPU, :func:`label_stream_mse` runs by default the same pass compiled from C
+(:mod:`iclab.models.compiled_label_stream`): per prompt, every score is formed, activated and
+used while in cache, which no sequence of torch operations can do; this module's torch
+pass remains for GPUs, machines without a C compiler, and as its reference in the tests.
+
 No gradient with respect to the tokens: :class:`~iclab.models.KernelAttention` uses plain
 autograd when the tokens require one (input sensitivities).
 """
