@@ -5,6 +5,8 @@ the torch pass where it cannot be built."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -187,3 +189,46 @@ def test_run_json_records_which_pass_trained_the_run(tmp_path, monkeypatch, swit
     on = switch == "1" and compiled.library() is not None
     expected = "compiled C label stream" if on else "torch label stream"
     assert info["implementation"] == {"objective": expected}
+
+
+def test_a_damaged_cached_library_is_built_again(tmp_path, monkeypatch):
+    """A cached library that does not load (here: overwritten with junk) is rebuilt, without a
+    warning, by the next process that needs it."""
+    monkeypatch.setenv("ICLAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(compiled, "_state", {})
+    if compiled.library() is None:
+        pytest.skip("no C compiler: the compiled label stream cannot be built here")
+    (path,) = (tmp_path / "kernels").glob("label_stream_*.so")
+    path.unlink()  # this process keeps its mapping of the old file
+    path.write_bytes(b"not a shared library")
+    code = (
+        "import warnings; warnings.simplefilter('error');"
+        "from iclab.models import compiled_label_stream as c; print(c.library() is not None)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == "True", done.stderr
+    assert path.read_bytes() != b"not a shared library"
+
+
+def test_a_forked_child_runs_the_compiled_pass(built):
+    """A child forked after the parent used its thread pool gets a pool of its own (the
+    parent's threads do not exist in the child: waiting on them would hang)."""
+    import multiprocessing as mp
+
+    args = _inputs(1, 2 * compiled.UNIT, n=4, d=3, L=2, H=1, dtype=torch.float64)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)  # two units on two threads: the parent's pool is made
+    try:
+        want = _run(*args, ("exp",), 1.0, True)[0].item()
+    finally:
+        torch.set_num_threads(saved)
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_child_loss, (2 * compiled.UNIT,)).get(timeout=60)
+    assert got == want
+
+
+def _child_loss(B: int) -> float:
+    torch.set_num_threads(2)
+    args = _inputs(1, B, n=4, d=3, L=2, H=1, dtype=torch.float64)
+    return _run(*args, ("exp",), 1.0, True)[0].item()

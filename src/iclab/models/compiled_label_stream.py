@@ -48,7 +48,7 @@ _TYPES = {torch.float32: ("float", ctypes.c_float), torch.float64: ("double", ct
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
-_pools: dict[int, ThreadPoolExecutor] = {}
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
 def cache_dir() -> Path:
@@ -135,7 +135,12 @@ def library() -> ctypes.CDLL | None:
             try:
                 if not compiler:
                     raise RuntimeError("no C compiler found (set $CC)")
-                _state["lib"] = _load(_build(compiler))
+                path = _build(compiler)
+                try:
+                    _state["lib"] = _load(path)
+                except OSError:  # a damaged cached file: build it again, once
+                    path.unlink(missing_ok=True)
+                    _state["lib"] = _load(_build(compiler))
             except (OSError, RuntimeError, subprocess.SubprocessError) as err:
                 _state["lib"] = None
                 warnings.warn(
@@ -153,9 +158,13 @@ def supports(x: torch.Tensor) -> bool:
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
-    if threads not in _pools:
-        _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="iclab-label-stream")
-    return _pools[threads]
+    """A pool of ``threads`` threads of this process (keyed by pid too: a forked child inherits
+    the parent's pool objects but not their threads, and would wait on them for ever)."""
+    key = (os.getpid(), threads)
+    with _lock:
+        if key not in _pools:
+            _pools[key] = ThreadPoolExecutor(threads, thread_name_prefix="iclab-label-stream")
+        return _pools[key]
 
 
 def label_stream_mse(
