@@ -5,6 +5,7 @@ the torch pass where it cannot be built."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import warnings
@@ -73,32 +74,47 @@ def test_compiled_pass_float32_is_within_rounding(built, heads):
         torch.testing.assert_close(g.double(), f, rtol=2e-5, atol=2e-6 * f.abs().max().item())
 
 
-def _one_exp_prompt(s: float, r: float, dtype) -> tuple[float, bool]:
-    """One prompt, one context token with covariate 1, query covariate s, M = 1, one layer,
-    one exp head with c = 1: the prediction is exp(s)·r; returns |prediction − 1| and the
-    overflow flag."""
+def _one_exp_prompt(s: float, k: int, dtype) -> tuple[float, float, bool]:
+    """One prompt: one context token with covariate 1, query covariate s, M = 1, one layer,
+    one exp head with step c = 2^-k (exact): the prediction is 2^-k·exp(s) with the C pass's
+    exp. Returns |prediction − 2^-k·exp(s)| (reference: Python's float64 exp), the reference,
+    and the overflow flag."""
+    s = torch.tensor(s, dtype=dtype).item()  # the covariate as stored
     x = torch.tensor([[[[1.0], [s]]]], dtype=dtype)  # (E, B, N, d): context 1, query s
-    one = torch.ones(1, 1, 1, 1, 1, dtype=dtype)
+    want = math.ldexp(math.exp(s), -k) if s < 709 else math.inf
+    target = torch.tensor([[want if math.isfinite(want) else 0.0]], dtype=dtype)
     loss, overflow = label_stream_mse(
-        x, torch.tensor([[[r]]], dtype=dtype), torch.zeros(1, 1, dtype=dtype),
-        torch.ones(1, 1, dtype=dtype), one, one[0, 0], ("exp",), 1.0, compiled=True,
+        x, torch.ones(1, 1, 1, dtype=dtype), torch.zeros(1, 1, dtype=dtype), target,
+        torch.ones(1, 1, 1, 1, 1, dtype=dtype),
+        torch.full((1, 1, 1), math.ldexp(1.0, -k), dtype=dtype), ("exp",), 1.0, compiled=True,
     )  # fmt: skip
-    return loss.sqrt().item(), bool(overflow)
+    return loss.sqrt().item(), want, bool(overflow)
 
 
-@pytest.mark.parametrize("dtype, span, ulps", [(torch.float32, 85.0, 4), (torch.float64, 700.0, 4)])
-def test_exp_of_the_compiled_pass_matches_torch_over_its_range(built, dtype, span, ulps):
-    """The C pass computes exp with its own polynomial: exp(s)·exp(−s) (torch's) is 1 to a few
-    ulps from near underflow to near overflow; past the top the exp head overflows and the
-    flag says so."""
-    eps = torch.finfo(dtype).eps
-    for s in torch.linspace(-span, span, 101, dtype=torch.float64).tolist():
-        err, overflow = _one_exp_prompt(s, torch.exp(torch.tensor(-s, dtype=dtype)).item(), dtype)
-        assert err <= ulps * eps, (s, err)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exp_of_the_compiled_pass_over_its_whole_range(built, dtype):
+    """The C pass computes exp with its own polynomial. Scaled by an exact power of two, it is
+    within 2 ulps of the float64 reference wherever exp(s) is a normal number, up to the last
+    value below overflow; within 2 of the smallest subnormals where exp(s) is subnormal; it
+    overflows (and the flag says so) just past the largest finite value, and NaN raises the
+    flag too."""
+    info = torch.finfo(dtype)
+    top, bottom = math.log(info.max), math.log(info.tiny)  # exp(s) finite / normal
+    tiniest = info.smallest_normal * info.eps  # the smallest subnormal
+    k_min = -math.frexp(info.max)[1] + 1  # 2^-k_min: the largest power of two below max
+    normal = [bottom + 1e-4 + (top - bottom) * i / 200 for i in range(201)]
+    normal[-1] = top - 1e-4 * (1 if dtype == torch.float32 else 1e-8)
+    for s in normal:
+        k = round(s / math.log(2))
+        err, want, overflow = _one_exp_prompt(s, k, dtype)
+        assert err <= 2 * info.eps * want, (s, err, want)
         assert not overflow
-    top = 100.0 if dtype == torch.float32 else 720.0
-    assert _one_exp_prompt(top, 1.0, dtype)[1] is True
-    assert _one_exp_prompt(float("nan"), 1.0, dtype)[1] is True
+    for s in [bottom - 0.5, bottom - 3.0, bottom - 10.0]:  # subnormal results
+        k = max(round(s / math.log(2)), k_min)
+        err, want, overflow = _one_exp_prompt(s, k, dtype)
+        assert err <= 2 * math.ldexp(tiniest, -k), (s, err)
+    assert _one_exp_prompt(top + 0.01, 0, dtype)[2] is True
+    assert _one_exp_prompt(float("nan"), 0, dtype)[2] is True
 
 
 def test_compiled_pass_does_not_depend_on_the_thread_count(built):
@@ -160,7 +176,7 @@ def test_without_a_compiler_the_torch_pass_runs_after_one_warning(tmp_path, monk
     ref = _run(*args, ("exp",), 1.0, False)
     for a, b in zip(got[:3], ref[:3]):
         assert torch.equal(a, b)
-    with pytest.raises(RuntimeError, match="compiled pass takes"):
+    with pytest.raises(RuntimeError, match="compiled pass cannot run: no C compiler"):
         _run(*args, ("exp",), 1.0, True)
 
 
@@ -232,3 +248,28 @@ def _child_loss(B: int) -> float:
     torch.set_num_threads(2)
     args = _inputs(1, B, n=4, d=3, L=2, H=1, dtype=torch.float64)
     return _run(*args, ("exp",), 1.0, True)[0].item()
+
+
+def test_arguments_the_compiled_pass_cannot_take_go_to_the_torch_pass(built):
+    """The C reads raw memory: a weight of another dtype, a target that only broadcasts, an
+    empty batch, or an unknown activation is refused by the compiled pass with the reason,
+    and by default handled by the torch pass (which raises or broadcasts as torch does)."""
+    x, r, q, target, M, c = _inputs(1, 6, n=3, d=2, L=1, H=1, dtype=torch.float32)
+    wide = M.detach().double().requires_grad_()
+    with pytest.raises(RuntimeError, match=r"cannot run: M is torch\.float64"):
+        label_stream_mse(x, r, q, target, wide, c, ("exp",), 1.0, compiled=True)
+    with pytest.raises(RuntimeError):  # what the torch pass says of mixed dtypes
+        label_stream_mse(x, r, q, target, wide, c, ("exp",), 1.0)
+    x2, r2, q2, target2, M2, c2 = _inputs(2, 6, n=3, d=2, L=1, H=1, dtype=torch.float64)
+    one_row = target2[:1]  # (1, B): broadcasts over the members in torch
+    with pytest.raises(RuntimeError, match="cannot run: target of shape"):
+        label_stream_mse(x2, r2, q2, one_row, M2, c2, ("exp",), 1.0, compiled=True)
+    got = label_stream_mse(x2, r2, q2, one_row, M2, c2, ("exp",), 1.0)[0]
+    ref = label_stream_mse(x2, r2, q2, one_row, M2, c2, ("exp",), 1.0, compiled=False)[0]
+    assert torch.equal(got, ref)
+    empty = [t[:, :0] for t in (x2, r2, q2, target2)]
+    with pytest.raises(RuntimeError, match="cannot run: x of shape"):
+        label_stream_mse(*empty, M2, c2, ("exp",), 1.0, compiled=True)
+    assert compiled.rejects(x2, r2, q2, target2, M2, c2, ("tanh",)).startswith("head")
+    assert compiled.rejects(x2, r2, q2, target2, M2, c2, ("exp", "exp")).startswith("M of")
+    assert compiled.rejects(x2, r2, q2, target2, M2, c2, ("exp",)) is None

@@ -12,13 +12,20 @@ memory.
 **Building.** The source is compiled once per machine with the C compiler (``$CC``, else
 ``cc``; ``-O3 -march=native``) into ``$ICLAB_CACHE_DIR/kernels`` (default
 ``~/.cache/iclab/kernels``), under a name hashing the source, compiler and CPU, written to a
-temporary file and renamed (concurrent workers cannot see half a library). Where there is no
-compiler or the build fails, :func:`library` returns None after one warning and the caller uses
-the torch pass; ``ICLAB_COMPILED_KERNELS=0`` turns the compiled path off.
+temporary file and renamed (concurrent workers cannot see half a library), readable by all
+(a shared cache). Without ``-march=native`` where that fails; a cached file that does not load
+is rebuilt once. Where there is no compiler or the build fails, :func:`library` returns None
+after one warning and the caller uses the torch pass; ``ICLAB_COMPILED_KERNELS=0`` turns the
+compiled path off.
+
+**Arguments.** The C reads raw memory: :func:`rejects` says why a call cannot be taken (other
+dtypes or devices, shapes that only broadcast, an empty batch, unknown activations), and
+:func:`iclab.models.kernel_label_stream.label_stream_mse` then runs the torch pass.
 
 **Threads and determinism.** The batch is cut into fixed units of :data:`UNIT` prompts, run on
 ``torch.get_num_threads()`` Python threads (the C call releases the GIL); each unit writes its
 own float64 partial sums, added in unit order: the result does not depend on the thread count.
+A forked child starts its own threads.
 """
 
 from __future__ import annotations
@@ -40,15 +47,16 @@ import torch
 __all__ = ["ACTIVATION_CODES", "UNIT", "label_stream_mse", "library"]
 
 SOURCE = Path(__file__).with_name("label_stream_kernel.c")
-UNIT = 1024
-"""Prompts per C call (all ensemble members): a unit's partial sums are one float64 array."""
+UNIT = 512
+"""Prompts per C call (all ensemble members): a unit's partial sums are one float64 array.
+Small enough that a quick run's batch (2000 prompts) keeps two threads busy."""
 ACTIVATION_CODES = {"linear": 0, "relu": 1, "exp": 2, "softmax": 3}
 _FLAG_SETS = (["-O3", "-march=native"], ["-O3"])
 _TYPES = {torch.float32: ("float", ctypes.c_float), torch.float64: ("double", ctypes.c_double)}
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
-_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_pools: dict[int, ThreadPoolExecutor] = {}
 
 
 def cache_dir() -> Path:
@@ -70,36 +78,37 @@ def _cpu_signature() -> str:
 
 
 def _build(compiler: str) -> Path:
+    """The library for this source, compiler and CPU: the cached one if any flag set has been
+    built before (so a flag set that failed once is not retried by every process), else the
+    first flag set that compiles, written to a temporary file and renamed into place."""
     source = SOURCE.read_bytes()
     version = subprocess.run(
         [compiler, "--version"], capture_output=True, text=True, check=True, timeout=60
     ).stdout
-    errors = []
+    parts = [source, version.encode(), platform.machine().encode(), _cpu_signature().encode()]
+    targets = []
     for flags in _FLAG_SETS:
-        key = hashlib.sha256(
-            b"\0".join(
-                [
-                    source,
-                    version.encode(),
-                    " ".join(flags).encode(),
-                    platform.machine().encode(),
-                    _cpu_signature().encode(),
-                ]
-            )
-        ).hexdigest()[:20]
-        target = cache_dir() / f"label_stream_{key}.so"
+        key = hashlib.sha256(b"\0".join([*parts, " ".join(flags).encode()])).hexdigest()[:20]
+        targets.append((flags, cache_dir() / f"label_stream_{key}.so"))
+    for _, target in targets:
         if target.exists():
             return target
+    errors = []
+    for flags, target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=target.parent)
         os.close(fd)
         cmd = [compiler, *flags, "-std=gnu11", "-fPIC", "-shared", str(SOURCE), "-o", tmp]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if done.returncode == 0:
-            os.replace(tmp, target)
-            return target
-        os.unlink(tmp)
-        errors.append(f"{' '.join(cmd)}: {done.stderr.strip()[-300:]}")
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            if done.returncode == 0:
+                os.chmod(tmp, 0o755)  # readable by every user of a shared cache
+                os.replace(tmp, target)
+                return target
+            errors.append(f"{' '.join(cmd)}: {done.stderr.strip()[-300:]}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     raise RuntimeError("; ".join(errors))
 
 
@@ -158,13 +167,56 @@ def supports(x: torch.Tensor) -> bool:
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
-    """A pool of ``threads`` threads of this process (keyed by pid too: a forked child inherits
-    the parent's pool objects but not their threads, and would wait on them for ever)."""
-    key = (os.getpid(), threads)
+    """A pool of ``threads`` threads of this process."""
     with _lock:
-        if key not in _pools:
-            _pools[key] = ThreadPoolExecutor(threads, thread_name_prefix="iclab-label-stream")
-        return _pools[key]
+        if threads not in _pools:
+            _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="iclab-label-stream")
+        return _pools[threads]
+
+
+def _after_fork_in_child() -> None:
+    """A forked child inherits the pools but not their threads (it would wait on them for
+    ever), and the lock possibly held by a thread of the parent: start afresh."""
+    global _lock
+    _lock = threading.Lock()
+    _pools.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def rejects(
+    x: torch.Tensor,
+    r: torch.Tensor,
+    q: torch.Tensor,
+    target: torch.Tensor,
+    M: torch.Tensor,
+    c: torch.Tensor,
+    heads: tuple[str, ...],
+) -> str | None:
+    """Why :func:`label_stream_mse` cannot take these arguments (None: it can). The C reads
+    raw memory, so shapes must match exactly (no broadcasting), and all tensors must be CPU
+    tensors of one dtype, float32 or float64."""
+    tensors = {"x": x, "r": r, "q": q, "target": target, "M": M, "c": c}
+    if x.dtype not in _TYPES:
+        return f"dtype {x.dtype} (float32 or float64 only)"
+    for name, t in tensors.items():
+        if t.device.type != "cpu" or t.dtype != x.dtype:
+            return f"{name} is {t.dtype} on {t.device}, not {x.dtype} on the CPU"
+    if x.dim() != 4 or x.shape[0] < 1 or x.shape[1] < 1 or x.shape[2] < 2 or x.shape[3] < 1:
+        return f"x of shape {tuple(x.shape)}, not (E, B ≥ 1, n + 1 ≥ 2, d)"
+    E, B, N, d = x.shape
+    if M.dim() != 5 or M.shape[0] != E or M.shape[3:] != (d, d) or M.shape[2] != len(heads):
+        return f"M of shape {tuple(M.shape)} for {len(heads)} heads, not (E, L, H, d, d)"
+    expected = {"r": (E, B, N - 1), "q": (E, B), "target": (E, B), "c": tuple(M.shape[:3])}
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            return f"{name} of shape {tuple(tensors[name].shape)}, not {shape}"
+    unknown = [h for h in heads if h not in ACTIVATION_CODES]
+    if unknown:
+        return f"head activations {unknown} (known: {', '.join(ACTIVATION_CODES)})"
+    return None
 
 
 def label_stream_mse(
@@ -183,6 +235,9 @@ def label_stream_mse(
     lib = library()
     if lib is None:
         raise RuntimeError("the compiled label stream is not available")
+    reason = rejects(x, r, q, target, M, c, heads)
+    if reason is not None:
+        raise ValueError(f"label_stream_mse (compiled): {reason}")
     name, real = _TYPES[x.dtype]
     fn = getattr(lib, f"label_stream_mse_{name}")
     E, B, N, d = x.shape
@@ -195,7 +250,6 @@ def label_stream_mse(
     loss = torch.zeros(units, E, dtype=f64)
     gM = torch.zeros(units, E, L, H, d, d, dtype=f64) if grad else loss
     gc = torch.zeros(units, E, L, H, dtype=f64) if grad else loss
-    tensors = (x, r, q, target)
 
     def run(u: int) -> int:
         b0, b1 = u * UNIT, min(B, (u + 1) * UNIT)
@@ -212,9 +266,6 @@ def label_stream_mse(
             gc[u].data_ptr() if grad else None,
         )  # fmt: skip
 
-    for t in tensors:
-        if t.dtype != x.dtype or t.device.type != "cpu":
-            raise ValueError("label_stream_mse: tensors must share x's dtype, on the CPU")
     threads = max(1, min(torch.get_num_threads(), units))
     results = list(_pool(threads).map(run, range(units))) if threads > 1 else map(run, range(units))
     codes_out = list(results)

@@ -26,7 +26,6 @@ enum { ACT_LINEAR = 0, ACT_RELU = 1, ACT_EXP = 2, ACT_SOFTMAX = 3 };
 #define VECTOR_BYTES 64
 
 #define REAL float
-#define INT int32_t
 #define NAME(base) base##_float
 #define EXP_LO -110.0f
 #define EXP_HI 89.0f
@@ -35,7 +34,6 @@ enum { ACT_LINEAR = 0, ACT_RELU = 1, ACT_EXP = 2, ACT_SOFTMAX = 3 };
 #define HUGE_REAL 3.4028234663852886e38f
 #include "label_stream_kernel.c"
 #undef REAL
-#undef INT
 #undef NAME
 #undef EXP_LO
 #undef EXP_HI
@@ -44,7 +42,6 @@ enum { ACT_LINEAR = 0, ACT_RELU = 1, ACT_EXP = 2, ACT_SOFTMAX = 3 };
 #undef HUGE_REAL
 
 #define REAL double
-#define INT int64_t
 #define NAME(base) base##_double
 #define EXP_LO -750.0
 #define EXP_HI 710.0
@@ -56,7 +53,9 @@ enum { ACT_LINEAR = 0, ACT_RELU = 1, ACT_EXP = 2, ACT_SOFTMAX = 3 };
 #else /* the body, once per REAL */
 
 typedef REAL NAME(vec) __attribute__((vector_size(VECTOR_BYTES)));
-typedef INT NAME(ivec) __attribute__((vector_size(VECTOR_BYTES)));
+/* the integer vector a comparison of two vecs gives (its element type differs by compiler:
+ * long for GCC, long long for Clang, at 64 bits) */
+typedef __typeof__((NAME(vec)){0} < (NAME(vec)){0}) NAME(ivec);
 #define V NAME(vec)
 #define VI NAME(ivec)
 #define LANES ((int)(VECTOR_BYTES / sizeof(REAL)))
@@ -96,6 +95,7 @@ static inline V NAME(vexp)(V x) {
     p = p * t + (REAL)0.5;
     p = p * t + (REAL)1.0;
     p = p * t + (REAL)1.0;
+    k = SELECT(k == k, k, zero); /* a NaN lane: k = 0 (converting NaN is undefined) */
     VI ki = __builtin_convertvector(k, VI);
     VI k1 = ki >> 1;
     VI k2 = ki - k1;
@@ -154,7 +154,7 @@ int NAME(label_stream_mse)(
     V *z = ptr[6], *t = ptr[7], *g = ptr[8], *gamma = ptr[9], *Gn = ptr[10], *acc = ptr[11];
     V *gM = ptr[12], *gc = ptr[13];
     const V zero = {0};
-    VI bad = {0};
+    VI bad = zero != zero; /* all lanes false */
 
     for (int64_t e = 0; e < E; ++e) {
         const REAL *Me = M + e * L * H * dd, *ce = c + e * L * H;
