@@ -430,7 +430,7 @@ def _train(
         "dtype": config.dtype,
         "precision": precision,
         "threads": torch.get_num_threads(),  # float32 CPU sums are split by thread count
-        **({"implementation": model.implementation()} if model.implementation() else {}),
+        **({"implementation": impl} if (impl := model.implementation()) else {}),
         "resumed_from_step": start,
         "fingerprint": fingerprint(config),
         **({"parent": lineage} if lineage else {}),
