@@ -154,7 +154,7 @@ def library() -> ctypes.CDLL | None:
                 _state["lib"] = None
                 warnings.warn(
                     f"iclab: the compiled label stream could not be built ({err}); kernel "
-                    "attention trains with the torch pass (same results, slower)",
+                    "attention trains with the torch pass (the same function to rounding, slower)",
                     RuntimeWarning,
                     stacklevel=2,
                 )
