@@ -70,7 +70,7 @@ def _naive_functional_gd(x, y, xq, act, steps):
     return f
 
 
-@pytest.mark.parametrize("activation, layers", itertools.product(ACTIVATIONS, [1, 3]))
+@pytest.mark.parametrize("activation, layers", list(itertools.product(ACTIVATIONS, [1, 3])))
 def test_constructed_weights_run_functional_gd(activation, layers):
     b = _batch()
     steps = torch.tensor([[0.7, 0.4, 1.1], [0.2, 0.9, 0.5]], dtype=torch.float64)[:, :layers]
