@@ -2,8 +2,8 @@
 # Install iclab (CPU torch pinned by constraints.txt) and run the quick reproductions of every
 # paper iclab implements: figures and a report (report.md, report.json) per paper in
 # OUT/<paper> (OUT defaults to runs/quick). Each quick budget fits in 10 min on 2 cores
-# (measured 2026-12-01 with nothing else running: ahn2023 379 s, cheng2024 293 s, ding2025 435 s,
-# zheng2024 117 s; garg2022 370 s, measured at 8f8b17a).
+# (measured 2026-12-01 at 5e7fc83 from a fresh clone, nothing else running: ahn2023 405 s,
+# cheng2024 204 s, ding2025 569 s, zheng2024 121 s, garg2022 415 s).
 # Exits non-zero when any report has a `fail` row (after running every paper).
 #   bash scripts/quickstart.sh [OUT] [PAPER ...]     e.g. bash scripts/quickstart.sh runs/q cheng2024
 set -euo pipefail
