@@ -273,3 +273,17 @@ def test_arguments_the_compiled_pass_cannot_take_go_to_the_torch_pass(built):
     assert compiled.rejects(x2, r2, q2, target2, M2, c2, ("tanh",)).startswith("head")
     assert compiled.rejects(x2, r2, q2, target2, M2, c2, ("exp", "exp")).startswith("M of")
     assert compiled.rejects(x2, r2, q2, target2, M2, c2, ("exp",)) is None
+
+
+def test_asking_for_the_compiled_pass_with_a_chunk_still_runs_it(built, monkeypatch):
+    """``compiled=True`` means the compiled pass (it has no chunks), not the torch pass; by
+    default a given chunk selects the torch pass."""
+    calls = []
+    real = compiled.label_stream_mse
+    monkeypatch.setattr(compiled, "label_stream_mse", lambda *a: calls.append(1) or real(*a))
+    args = _inputs(1, 50, n=4, d=3, L=2, H=1, dtype=torch.float32)
+    plain = label_stream_mse(*args, ("exp",), 1.0, compiled=True)[0]
+    chunked = label_stream_mse(*args, ("exp",), 1.0, chunk=7, compiled=True)[0]
+    assert len(calls) == 2 and torch.equal(plain, chunked)
+    label_stream_mse(*args, ("exp",), 1.0, chunk=7)
+    assert len(calls) == 2

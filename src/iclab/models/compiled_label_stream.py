@@ -197,7 +197,7 @@ def rejects(
 ) -> str | None:
     """Why :func:`label_stream_mse` cannot take these arguments (None: it can). The C reads
     raw memory, so shapes must match exactly (no broadcasting), and all tensors must be CPU
-    tensors of one dtype, float32 or float64."""
+    tensors of one dtype, float32 or float64; and the library must have been built here."""
     tensors = {"x": x, "r": r, "q": q, "target": target, "M": M, "c": c}
     if x.dtype not in _TYPES:
         return f"dtype {x.dtype} (float32 or float64 only)"
@@ -216,6 +216,8 @@ def rejects(
     unknown = [h for h in heads if h not in ACTIVATION_CODES]
     if unknown:
         return f"head activations {unknown} (known: {', '.join(ACTIVATION_CODES)})"
+    if library() is None:
+        return "no C compiler built it here (see iclab.models.compiled_label_stream)"
     return None
 
 
@@ -232,12 +234,10 @@ def label_stream_mse(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, bool]:
     """The loss per member (E,), ``∂loss/∂M``, ``∂loss/∂c`` (None without ``grad``) and the
     overflow flag; arguments as :func:`iclab.models.kernel_label_stream.label_stream_mse`."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError("the compiled label stream is not available")
-    reason = rejects(x, r, q, target, M, c, heads)
+    reason = rejects(x, r, q, target, M, c, heads)  # the boundary of raw memory checks itself
     if reason is not None:
         raise ValueError(f"label_stream_mse (compiled): {reason}")
+    lib = library()
     name, real = _TYPES[x.dtype]
     fn = getattr(lib, f"label_stream_mse_{name}")
     E, B, N, d = x.shape
@@ -267,8 +267,9 @@ def label_stream_mse(
         )  # fmt: skip
 
     threads = max(1, min(torch.get_num_threads(), units))
-    results = list(_pool(threads).map(run, range(units))) if threads > 1 else map(run, range(units))
-    codes_out = list(results)
+    codes_out = list(
+        _pool(threads).map(run, range(units)) if threads > 1 else map(run, range(units))
+    )
     if any(code < 0 for code in codes_out):
         raise MemoryError("label_stream_mse: the compiled kernel could not allocate its block")
     overflow = any(code > 0 for code in codes_out)

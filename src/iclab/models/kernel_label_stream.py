@@ -166,11 +166,10 @@ def label_stream_mse(
     E, B = x.shape[:2]
     if compiled is not False:
         reason = compiled_label_stream.rejects(x, r, q, target, M, c, tuple(heads))
-        if reason is None and not compiled_label_stream.supports(x):
-            reason = "no C compiler built it here (see iclab.models.compiled_label_stream)"
         if compiled and reason is not None:
             raise RuntimeError(f"label_stream_mse: the compiled pass cannot run: {reason}")
-        compiled = chunk is None and reason is None
+        if compiled is None:
+            compiled = chunk is None and reason is None
     if chunk is None:
         chunk = max(1, CPU_CHUNK // E) if x.device.type == "cpu" else B
     keep = torch.is_grad_enabled() and (M.requires_grad or c.requires_grad)
